@@ -1,0 +1,134 @@
+"""VGG (Simonyan & Zisserman, 2014): repeated blocks of 3x3 convolutions, each block ending in a 2x2 max pool.
+
+The four depths differ only in how many convolutions each of the five blocks has. The second source
+writes them as one table: a number is a 3x3 convolution with that many output channels, "M" a max pool.
+The first source's idea, a `block(nums, in, out)` function, turns each run of numbers into one block.
+
+Two heads: "imagenet" (224x224 input; adaptive pool to 7x7, then 512*7*7 -> 4096 -> 4096 -> classes, as in
+the paper and torchvision) and "cifar" (32x32 input; the five pools leave 1x1, then 512 -> 512 -> 512 ->
+classes). `width` scales every convolution's channels: d2l trains a VGG-11 with width 1/4 on a laptop.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from d2lcnn.errors import unknown_name
+from d2lcnn.models.base import Classifier
+from d2lcnn.models.registry import register
+
+CONFIGS: dict[str, list[int | str]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+              512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}  # fmt: skip
+
+HEADS = {"imagenet": (7, 4096, 224), "cifar": (1, 512, 32)}  # pooled side, hidden width, input side
+
+
+def vgg_block(num_convs: int, in_channels: int, out_channels: int, batch_norm: bool = False):
+    """`num_convs` 3x3 convolutions (same padding, each followed by ReLU), then a 2x2 max pool."""
+    layers: list[nn.Module] = []
+    for _ in range(num_convs):
+        layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(nn.ReLU())
+        in_channels = out_channels
+    layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+    return nn.Sequential(*layers)
+
+
+def blocks_of(config: list[int | str]) -> list[tuple[int, int]]:
+    """(number of convolutions, output channels) for each block of a config row."""
+    blocks, convs = [], []
+    for item in config:
+        if item == "M":
+            blocks.append((len(convs), convs[-1]))
+            convs = []
+        else:
+            convs.append(item)
+    return blocks
+
+
+class VGG(Classifier):
+    """VGG from a config row: five `vgg_block`s, then a three-layer classifier."""
+
+    def __init__(
+        self,
+        config: list[int | str],
+        num_classes: int = 10,
+        in_channels: int = 3,
+        batch_norm: bool = False,
+        head: str = "imagenet",
+        width: float = 1.0,
+        dropout: float = 0.5,
+    ) -> None:
+        if head not in HEADS:
+            raise unknown_name("head", head, HEADS)
+        pooled, hidden, input_size = HEADS[head]
+        super().__init__(in_channels=in_channels, input_size=input_size)
+        blocks = []
+        for num_convs, channels in blocks_of(config):
+            channels = max(1, round(channels * width))
+            blocks.append(vgg_block(num_convs, in_channels, channels, batch_norm))
+            in_channels = channels
+        self.features = nn.Sequential(*blocks)
+        self.avgpool = nn.AdaptiveAvgPool2d((pooled, pooled))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * pooled * pooled, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )  # fmt: skip
+        for module in self.modules():  # the initialisation of the second source and torchvision
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x):
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+@register
+def vgg11(
+    num_classes: int = 10, in_channels: int = 3, batch_norm: bool = False,
+    head: str = "imagenet", width: float = 1.0, dropout: float = 0.5,
+) -> VGG:  # fmt: skip
+    """VGG-11 (config A). Input: C x 224 x 224 (head="imagenet"), C x 32 x 32 ("cifar")."""
+    return VGG(CONFIGS["vgg11"], num_classes, in_channels, batch_norm, head, width, dropout)
+
+
+@register
+def vgg13(
+    num_classes: int = 10, in_channels: int = 3, batch_norm: bool = False,
+    head: str = "imagenet", width: float = 1.0, dropout: float = 0.5,
+) -> VGG:  # fmt: skip
+    """VGG-13 (config B). Input: C x 224 x 224 (head="imagenet"), C x 32 x 32 ("cifar")."""
+    return VGG(CONFIGS["vgg13"], num_classes, in_channels, batch_norm, head, width, dropout)
+
+
+@register
+def vgg16(
+    num_classes: int = 10, in_channels: int = 3, batch_norm: bool = False,
+    head: str = "imagenet", width: float = 1.0, dropout: float = 0.5,
+) -> VGG:  # fmt: skip
+    """VGG-16 (config D). Input: C x 224 x 224 (head="imagenet"), C x 32 x 32 ("cifar")."""
+    return VGG(CONFIGS["vgg16"], num_classes, in_channels, batch_norm, head, width, dropout)
+
+
+@register
+def vgg19(
+    num_classes: int = 10, in_channels: int = 3, batch_norm: bool = False,
+    head: str = "imagenet", width: float = 1.0, dropout: float = 0.5,
+) -> VGG:  # fmt: skip
+    """VGG-19 (config E). Input: C x 224 x 224 (head="imagenet"), C x 32 x 32 ("cifar")."""
+    return VGG(CONFIGS["vgg19"], num_classes, in_channels, batch_norm, head, width, dropout)

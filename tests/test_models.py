@@ -1,0 +1,253 @@
+"""Models: shapes at documented sizes, parameter counts against published/torchvision twins, source
+details (LeNet layers, AlexNet init), the registry and the errors for inputs a model cannot take."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from d2lcnn.errors import InputShapeError, UnknownNameError
+from d2lcnn.models import accepted_sizes, create, list_models, model_doc
+
+# (name, options, input shape) for every model at each size it documents.
+DOCUMENTED = [
+    ("lenet", {}, (1, 28, 28)),
+    ("lenet_modern", {}, (1, 28, 28)),
+    ("lenet_modern", {"batch_norm": False}, (1, 28, 28)),
+    ("alexnet", {}, (3, 224, 224)),
+    ("alexnet", {"in_channels": 1}, (1, 224, 224)),
+    ("alexnet_paper", {"num_classes": 10}, (3, 227, 227)),
+    ("vgg11", {"width": 0.25}, (3, 224, 224)),
+    ("vgg11", {"head": "cifar", "batch_norm": True}, (3, 32, 32)),
+    ("vgg13", {"head": "cifar", "width": 0.25}, (3, 32, 32)),
+    ("vgg16", {"head": "cifar", "width": 0.25}, (3, 32, 32)),
+    ("vgg19", {"head": "cifar", "width": 0.25}, (3, 32, 32)),
+    ("resnet18", {}, (3, 224, 224)),
+    ("resnet18", {"stem": "cifar"}, (3, 32, 32)),
+    ("resnet34", {"stem": "cifar", "width": 0.25}, (3, 32, 32)),
+]
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name, options, shape", DOCUMENTED)
+def test_forward_gives_one_logit_per_class_at_documented_size(name, options, shape):
+    torch.manual_seed(0)
+    model = create(name, **options).eval()
+    num_classes = options.get("num_classes", 10)
+    with torch.no_grad():
+        out = model(torch.randn(2, *shape))
+    assert out.shape == (2, num_classes)
+    assert torch.isfinite(out).all()
+    assert (model.in_channels, model.input_size, model.input_size) == shape
+
+
+def test_every_registered_model_is_covered_and_documents_its_input():
+    assert {name for name, _, _ in DOCUMENTED} == set(list_models())
+    for name in list_models():
+        assert "Input:" in model_doc(name), name
+
+
+def test_lenet_follows_the_first_source_layer_for_layer():
+    layers = [m for m in create("lenet").modules() if not isinstance(m, nn.Sequential)][1:]
+    described = [
+        (type(m).__name__, getattr(m, "in_channels", getattr(m, "in_features", None)),
+         getattr(m, "out_channels", getattr(m, "out_features", None)))
+        for m in layers
+    ]  # fmt: skip
+    assert described == [
+        ("Conv2d", 1, 6), ("Tanh", None, None), ("AvgPool2d", None, None),
+        ("Conv2d", 6, 16), ("Tanh", None, None), ("AvgPool2d", None, None),
+        ("Flatten", None, None),
+        ("Linear", 400, 120), ("Tanh", None, None),
+        ("Linear", 120, 84), ("Tanh", None, None),
+        ("Linear", 84, 10),
+    ]  # fmt: skip
+    assert layers[0].padding == (2, 2) and layers[0].kernel_size == (5, 5)
+    assert n_params(create("lenet")) == 61_706  # 156 + 2,416 + 48,120 + 10,164 + 850
+
+
+def test_modern_lenet_uses_relu_max_pool_and_optional_batch_norm():
+    kinds = {type(m) for m in create("lenet_modern", batch_norm=True).modules()}
+    assert {nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d, nn.BatchNorm1d} <= kinds
+    assert nn.Tanh not in kinds
+    kinds = {type(m) for m in create("lenet_modern", batch_norm=False).modules()}
+    assert nn.BatchNorm2d not in kinds
+
+
+def test_alexnet_first_source_form():
+    model = create("alexnet")  # 3 x 224 x 224, no LRN, Linear(5*5*256 -> 4096), dropout 0.5
+    assert not any(isinstance(m, nn.LocalResponseNorm) for m in model.modules())
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (6400, 4096), (4096, 4096), (4096, 10)
+    ]  # fmt: skip
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.5, 0.5]
+    conv_params = [(3 * 96 * 121 + 96), (96 * 256 * 25 + 256), (256 * 384 * 9 + 384),
+                   (384 * 384 * 9 + 384), (384 * 256 * 9 + 256)]  # fmt: skip
+    linear_params = [6400 * 4096 + 4096, 4096 * 4096 + 4096, 4096 * 10 + 10]
+    assert n_params(model) == sum(conv_params) + sum(linear_params)
+
+
+def test_alexnet_second_source_form_and_its_initialisation():
+    torch.manual_seed(0)
+    model = create("alexnet_paper")
+    lrns = [m for m in model.features if isinstance(m, nn.LocalResponseNorm)]
+    assert len(lrns) == 2 and all((m.size, m.alpha, m.beta, m.k) == (5, 1e-4, 0.75, 2) for m in lrns)
+    features = list(model.features)
+    # LRN right after the ReLUs of conv1 and conv2, as in the source's Sequential (indices 2 and 6)
+    assert isinstance(features[2], nn.LocalResponseNorm) and isinstance(features[6], nn.LocalResponseNorm)
+    assert model.avgpool.output_size == (6, 6)
+    assert n_params(model) == 62_378_344  # the paper's "60 million", counted for 1000 classes
+    convs = model.convs()
+    for i, conv in enumerate(convs):
+        expected_bias = 1.0 if i in (1, 3, 4) else 0.0  # conv2, conv4, conv5 biases are 1
+        assert torch.all(conv.bias == expected_bias)
+        assert abs(conv.weight.std().item() - 0.01) < 0.002
+        assert abs(conv.weight.mean().item()) < 0.002
+    for linear in (m for m in model.modules() if isinstance(m, nn.Linear)):
+        assert torch.all(linear.bias == 0)
+        assert abs(linear.weight.std().item() - 0.01) < 0.001
+    assert sum(isinstance(m, nn.Dropout) for m in model.classifier) == 3
+
+
+def test_alexnet_takes_grayscale_fashion_mnist_resized_to_224():
+    model = create("alexnet", in_channels=1).eval()
+    with torch.no_grad():
+        assert model(torch.randn(4, 1, 224, 224)).shape == (4, 10)
+
+
+@pytest.mark.parametrize("depth", [11, 13, 16, 19])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_vgg_imagenet_form_has_torchvision_parameter_count(depth, batch_norm):
+    with torch.device("meta"):
+        ours = create(f"vgg{depth}", num_classes=1000, batch_norm=batch_norm)
+        suffix = "_bn" if batch_norm else ""
+        theirs = getattr(torchvision.models, f"vgg{depth}{suffix}")()
+    assert n_params(ours) == n_params(theirs)
+
+
+def test_vgg_is_built_from_blocks_of_the_config_table():
+    model = create("vgg11", batch_norm=True)
+    blocks = list(model.features)
+    assert len(blocks) == 5
+    convs_per_block = [sum(isinstance(m, nn.Conv2d) for m in b) for b in blocks]
+    assert convs_per_block == [1, 1, 2, 2, 2]
+    assert all(isinstance(b[-1], nn.MaxPool2d) for b in blocks)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 8
+    vgg16 = create("vgg16")
+    assert [sum(isinstance(m, nn.Conv2d) for m in b) for b in vgg16.features] == [2, 2, 3, 3, 3]
+
+
+def test_vgg_width_scales_channels():
+    narrow = create("vgg11", width=0.25, head="cifar")
+    convs = [m for m in narrow.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 64, 64, 128, 128, 128, 128]
+
+
+@pytest.mark.parametrize("depth", [18, 34])
+def test_resnet_imagenet_form_matches_torchvision(depth):
+    ours = create(f"resnet{depth}", num_classes=1000)
+    theirs = getattr(torchvision.models, f"resnet{depth}")()
+    assert n_params(ours) == n_params(theirs)
+    ours.load_state_dict(theirs.state_dict())  # same names and shapes: torchvision weights load
+    ours.eval()
+    theirs.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_residual_block_with_and_without_1x1_shortcut():
+    from d2lcnn.models import ResidualBlock
+
+    same = ResidualBlock(8, 8)
+    assert same.downsample is None
+    x = torch.randn(2, 8, 10, 10)
+    assert same(x).shape == (2, 8, 10, 10)
+    halved = ResidualBlock(8, 16, stride=2, use_1x1conv=True)
+    assert halved(x).shape == (2, 16, 5, 5)
+    # Without a 1x1 conv the shortcut cannot match a block that changes the shape.
+    with pytest.raises(RuntimeError):
+        ResidualBlock(8, 16, stride=2)(x)
+
+
+def test_resnet_stems():
+    imagenet, cifar = create("resnet18"), create("resnet18", stem="cifar")
+    assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.stride == (2, 2)
+    assert imagenet.maxpool is not None
+    assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1)
+    assert cifar.maxpool is None
+
+
+def test_unknown_model_name_suggests_the_closest_and_lists_all():
+    with pytest.raises(UnknownNameError) as err:
+        create("vgg1l")
+    message = str(err.value)
+    assert "Did you mean 'vgg11'?" in message
+    for name in list_models():
+        assert name in message
+    with pytest.raises(UnknownNameError, match="Did you mean 'resnet18'"):
+        create("resnet-18")
+
+
+def test_unknown_option_names_the_valid_options():
+    with pytest.raises(UnknownNameError, match="Did you mean 'width'.*head='imagenet'"):
+        create("vgg11", widht=0.5)
+    with pytest.raises(UnknownNameError, match="Did you mean 'cifar'"):
+        create("resnet18", stem="cifa")
+
+
+def test_too_small_input_names_layer_shape_and_smallest_size():
+    model = create("alexnet", in_channels=1)
+    with pytest.raises(InputShapeError) as err:
+        model(torch.randn(2, 1, 28, 28))
+    message = str(err.value)
+    assert "(2, 1, 28, 28)" in message
+    assert "layer 'features.5' (MaxPool2d) received (2, 256, 2, 2)" in message
+    assert "from 195 to 226 px" in message
+    assert "resize=224" in message
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_wrong_channel_count_names_the_first_conv_and_the_fix():
+    with pytest.raises(InputShapeError) as err:
+        create("lenet")(torch.randn(2, 3, 28, 28))
+    message = str(err.value)
+    assert "layer 'features.0' (Conv2d) received (2, 3, 28, 28)" in message
+    assert "in_channels=3" in message
+    assert "sides from 28 to 31 px" in message
+
+
+def test_missing_batch_dimension_is_explained():
+    with pytest.raises(InputShapeError, match=r"unsqueeze\(0\)"):
+        create("lenet")(torch.randn(1, 28, 28))
+
+
+def test_accepted_sizes():
+    assert accepted_sizes(create("lenet")) == (28, 31)
+    assert accepted_sizes(create("resnet18", stem="cifar")) == (1, None)
+    assert accepted_sizes(create("vgg11", head="cifar", width=0.25)) == (32, None)
+
+
+def test_an_error_that_is_not_about_the_input_shape_is_left_alone():
+    model = create("lenet")
+    with pytest.raises(RuntimeError) as err:
+        model(torch.randn(2, 1, 28, 28, dtype=torch.float64))  # dtype mismatch, not a shape problem
+    assert not isinstance(err.value, InputShapeError)
+
+
+def test_explaining_an_error_leaves_the_model_untouched():
+    model = create("lenet_modern")
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(InputShapeError):
+        model(torch.randn(2, 3, 28, 28))  # fails at the first conv, before any batch norm
+    assert model.training
+    for key, value in model.state_dict().items():
+        assert value.device.type == "cpu"
+        assert torch.equal(value, before[key]), key
