@@ -19,11 +19,15 @@ class InputShapeError(D2LCNNError, ValueError):
 
 
 class DataNotFoundError(D2LCNNError, FileNotFoundError):
-    """A dataset that is neither in the data root nor downloadable right now."""
+    """A dataset, checkpoint or history file that is not where it was looked for."""
 
 
 class CorruptDataError(D2LCNNError, ValueError):
     """A dataset or checkpoint file that exists but cannot be read as what it claims to be."""
+
+
+class ConfigError(D2LCNNError, ValueError):
+    """Settings that cannot work: a bad argument value, or a checkpoint that does not fit the run."""
 
 
 class TrainingDivergedError(D2LCNNError, FloatingPointError):

@@ -1,0 +1,699 @@
+"""Tests for d2lcnn.train on tiny synthetic data (plus one slow test on the real MNIST)."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from d2lcnn import train
+from d2lcnn.errors import (
+    CorruptDataError,
+    D2LCNNError,
+    DataNotFoundError,
+    TrainingDivergedError,
+    UnknownNameError,
+)
+
+TESTS = Path(__file__).resolve().parent
+SHARED_DATA = Path(os.environ.get("D2LCNN_SHARED_DATA", TESTS.parents[1] / "shared" / "data"))
+
+
+class TensorLoader:
+    """The d2lcnn loader interface over in-memory tensors: shuffles from (seed, epoch)."""
+
+    def __init__(self, images, labels, batch_size, *, shuffle=True, seed=0):
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shard(self, rank: int, world_size: int) -> TensorLoader:
+        return TensorLoader(
+            self.images[rank::world_size],
+            self.labels[rank::world_size],
+            self.batch_size,
+            shuffle=self.shuffle,
+            seed=self.seed,
+        )
+
+    def __iter__(self):
+        n = len(self.labels)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield self.images[index], self.labels[index]
+
+
+def quadrant_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """1x8x8 noisy images; class c has a bright patch in quadrant c (linearly separable)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (n,), generator=generator)
+    images = torch.randn(n, 1, 8, 8, generator=generator)
+    for c in range(4):
+        row, col = divmod(c, 2)
+        images[labels == c, :, row * 4 : row * 4 + 3, col * 4 : col * 4 + 3] += 1.5
+    return images, labels
+
+
+def quadrant_data(n_train: int = 512, batch_size: int = 64) -> SimpleNamespace:
+    train_set, test_set = quadrant_images(n_train, 0), quadrant_images(256, 1)
+    return SimpleNamespace(
+        train=TensorLoader(*train_set, batch_size),
+        test=TensorLoader(*test_set, 128, shuffle=False),
+        classes=["top left", "top right", "bottom left", "bottom right"],
+        name="quadrants",
+    )
+
+
+def small_cnn(seed: int = 0, dropout: float = 0.2) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(8 * 4 * 4, 4),
+    )
+
+
+def metrics(history: train.History) -> list[tuple]:
+    """Everything in a history that does not depend on the clock."""
+    return [(e.train_loss, e.train_acc, e.test_loss, e.test_acc, e.lr) for e in history.epochs]
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
+
+
+QUIET = {"progress": False, "device": "cpu"}
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_fit_learns_a_separable_task():
+    data, model = quadrant_data(), small_cnn()
+    _, acc_before = train.evaluate(model, data.test)
+    history = train.fit(model, data, epochs=3, lr=0.1, **QUIET)
+
+    assert acc_before < 0.5
+    assert len(history.epochs) == 3
+    assert [e.epoch for e in history.epochs] == [1, 2, 3]
+    assert history.final_test_acc >= 0.95
+    assert history.epochs[-1].train_loss < history.epochs[0].train_loss
+    assert all(e.seconds > 0 and e.examples_per_s > 0 for e in history.epochs)
+    # The model object itself was trained: evaluating it agrees with the last epoch.
+    test_loss, test_acc = train.evaluate(model, data.test)
+    assert test_acc == pytest.approx(history.final_test_acc)
+    assert test_loss == pytest.approx(history.epochs[-1].test_loss, rel=1e-3, abs=1e-6)
+    assert history.config["model"] == "Sequential" and history.config["data"] == "quadrants"
+    assert history.config["steps_per_epoch"] == 8 and history.config["batch_size"] == 64
+
+
+def test_onecycle_lr_rises_then_falls_and_adamw_cosine_runs():
+    onecycle = train.fit(small_cnn(), quadrant_data(), epochs=5, lr=0.1, warmup=0.3, **QUIET)
+    lrs = [e.lr for e in onecycle.epochs]
+    assert max(lrs) == pytest.approx(0.1, rel=0.05) and lrs.index(max(lrs)) in (1, 2)
+    assert lrs[0] < lrs[1] and lrs[-1] < 1e-3
+
+    cosine = train.fit(
+        small_cnn(),
+        quadrant_data(),
+        epochs=3,
+        lr=2e-2,
+        optimizer="adamw",
+        schedule="cosine",
+        **QUIET,
+    )
+    assert cosine.final_test_acc >= 0.9
+    assert cosine.epochs[-1].lr < cosine.epochs[0].lr
+
+
+def test_max_steps_stops_after_that_many_optimizer_steps():
+    model, calls = small_cnn(), []
+    model.register_forward_hook(lambda module, inputs, output: calls.append(module.training))
+    history = train.fit(model, quadrant_data(), epochs=10, lr=0.05, max_steps=11, **QUIET)
+    assert calls.count(True) == 11  # training forwards; evaluation runs in eval mode
+    assert len(history.epochs) == 2 and history.epochs[-1].test_acc is not None
+
+
+def test_eval_every_skips_evaluation_but_always_evaluates_the_last_epoch():
+    history = train.fit(small_cnn(), quadrant_data(), epochs=3, lr=0.05, eval_every=2, **QUIET)
+    assert [e.test_acc is None for e in history.epochs] == [True, False, False]
+
+
+def test_precision_and_channels_last_reach_the_model():
+    seen = {}
+
+    def record(module, inputs, output):
+        seen["channels_last"] = not output.is_contiguous()  # (N, 8, 8, 8) is one or the other
+        seen["dtype"] = output.dtype
+
+    data = quadrant_data()
+    for precision, channels_last in (("bf16", True), ("fp32", False)):
+        model = small_cnn()
+        model[0].register_forward_hook(record)
+        history = train.fit(
+            model,
+            data,
+            epochs=1,
+            lr=0.05,
+            precision=precision,
+            channels_last=channels_last,
+            max_steps=1,
+            **QUIET,
+        )
+        expected_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        assert seen == {"channels_last": channels_last, "dtype": expected_dtype}
+        assert history.config["precision"] == precision
+
+
+# ----------------------------------------------------------------------------- reproducibility
+
+
+def test_same_seed_gives_bit_identical_runs():
+    runs = []
+    for seed in (7, 7, 8):
+        model = small_cnn(dropout=0.5)
+        history = train.fit(model, quadrant_data(), epochs=2, lr=0.05, seed=seed, **QUIET)
+        runs.append((model, metrics(history)))
+    assert runs[0][1] == runs[1][1]
+    assert_same_weights(runs[0][0], runs[1][0])
+    assert runs[0][1] != runs[2][1]  # the seed matters (it drives dropout)
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class KilledAtEpoch(TensorLoader):
+    """A training loader whose process 'dies' when epoch `kill_at` (0-based) is about to start."""
+
+    def __init__(self, loader: TensorLoader, kill_at: int):
+        super().__init__(loader.images, loader.labels, loader.batch_size, seed=loader.seed)
+        self.kill_at = kill_at
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch == self.kill_at:
+            raise Killed(f"killed before epoch {epoch}")
+        super().set_epoch(epoch)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"optimizer": "sgd", "schedule": "onecycle", "lr": 0.05},
+        {"optimizer": "adamw", "schedule": "cosine", "lr": 3e-3, "label_smoothing": 0.1},
+    ],
+    ids=["sgd-onecycle", "adamw-cosine"],
+)
+def test_resume_after_a_kill_repeats_the_uninterrupted_run(tmp_path, settings):
+    whole_model = small_cnn(dropout=0.5)
+    whole = train.fit(
+        whole_model,
+        quadrant_data(),
+        epochs=3,
+        checkpoint=tmp_path / "whole.pt",
+        **settings,
+        **QUIET,
+    )
+
+    data = quadrant_data()
+    data.train = KilledAtEpoch(data.train, kill_at=2)
+    with pytest.raises(Killed):
+        train.fit(
+            small_cnn(dropout=0.5),
+            data,
+            epochs=3,
+            checkpoint=tmp_path / "run.pt",
+            **settings,
+            **QUIET,
+        )
+    saved = torch.load(tmp_path / "run.pt", weights_only=True)
+    assert saved["extra"]["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt", "whole.pt"]  # no temp files
+
+    resumed_model = small_cnn(seed=123, dropout=0.5)  # fresh weights, loaded from the checkpoint
+    lines = []
+    resumed = train.fit(
+        resumed_model,
+        quadrant_data(),
+        epochs=3,
+        checkpoint=tmp_path / "run.pt",
+        resume=True,
+        device="cpu",
+        log=lines.append,
+        **settings,
+    )
+    assert metrics(resumed) == metrics(whole)
+    assert_same_weights(resumed_model, whole_model)
+    assert lines[0].startswith("resuming after epoch 2")
+    assert [line.split()[:2] for line in lines[1:]] == [["epoch", "3/3"]]
+
+    # Resuming a finished run trains nothing and returns its history.
+    again_model = small_cnn(seed=5, dropout=0.5)
+    again = train.fit(
+        again_model,
+        quadrant_data(),
+        epochs=3,
+        checkpoint=tmp_path / "run.pt",
+        resume=True,
+        **settings,
+        **QUIET,
+    )
+    assert metrics(again) == metrics(whole)
+    assert_same_weights(again_model, whole_model)
+
+
+def test_resume_without_a_checkpoint_file_starts_fresh(tmp_path):
+    history = train.fit(
+        small_cnn(),
+        quadrant_data(),
+        epochs=1,
+        lr=0.05,
+        checkpoint=tmp_path / "new.pt",
+        resume=True,
+        **QUIET,
+    )
+    assert len(history.epochs) == 1 and (tmp_path / "new.pt").is_file()
+
+
+def test_existing_checkpoint_is_never_overwritten_without_resume(tmp_path):
+    path = tmp_path / "run.pt"
+    path.write_bytes(b"someone's file")
+    with pytest.raises(train.ConfigError, match="resume=True"):
+        train.fit(small_cnn(), quadrant_data(), epochs=1, lr=0.05, checkpoint=path, **QUIET)
+    assert path.read_bytes() == b"someone's file"
+
+
+def test_resume_refuses_other_settings_and_other_models(tmp_path):
+    path = tmp_path / "run.pt"
+    train.fit(small_cnn(), quadrant_data(), epochs=2, lr=0.05, checkpoint=path, **QUIET)
+    with pytest.raises(train.ConfigError, match=r"lr=0\.05.*lr=0\.1"):
+        train.fit(small_cnn(), quadrant_data(), epochs=2, lr=0.1, checkpoint=path, resume=True, **QUIET)
+
+    other = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.Flatten(), nn.Linear(1024, 4))
+    with pytest.raises(D2LCNNError, match=r"does not fit this Sequential.*0\.weight") as info:
+        train.fit(other, quadrant_data(), epochs=2, lr=0.05, checkpoint=path, resume=True, **QUIET)
+    assert info.value.__context__ is None  # no torch traceback chained to it
+
+
+# ----------------------------------------------------------------------------- divergence
+
+
+def test_huge_learning_rate_stops_with_a_clear_error():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    with pytest.raises(TrainingDivergedError) as info:
+        train.fit(model, quadrant_data(), epochs=3, lr=1e6, schedule="constant", **QUIET)
+    message = str(info.value)
+    assert message.startswith("loss became ") and "at epoch 1 step " in message
+    assert "lower the learning rate (now 1e+06), e.g. lr=100000" in message
+
+
+class NaNAtEpoch(TensorLoader):
+    """Images turn into NaN from epoch `bad_epoch` (0-based) on."""
+
+    def __init__(self, loader: TensorLoader, bad_epoch: int):
+        super().__init__(loader.images, loader.labels, loader.batch_size, seed=loader.seed)
+        self.bad_epoch = bad_epoch
+
+    def __iter__(self):
+        for images, labels in super().__iter__():
+            yield (images * math.nan if self.epoch >= self.bad_epoch else images), labels
+
+
+def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
+    data = quadrant_data()
+    data.train = NaNAtEpoch(data.train, bad_epoch=1)
+    model, calls = small_cnn(), []
+    model.register_forward_hook(lambda module, inputs, output: calls.append(module.training))
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 2 step 1;") as info:
+        train.fit(model, data, epochs=3, lr=0.05, checkpoint=tmp_path / "run.pt", **QUIET)
+    assert "run.pt" in str(info.value) and str(tmp_path) not in str(info.value)
+    assert calls.count(True) == 8 + 1  # epoch 1, then the first step of epoch 2
+    saved = torch.load(tmp_path / "run.pt", weights_only=True)
+    assert saved["extra"]["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    model = small_cnn()
+    history = train.fit(model, quadrant_data(), epochs=2, lr=0.05, **QUIET)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
+    model(torch.randn(4, 1, 8, 8)).sum().backward()
+    optimizer.step()  # some momentum state worth saving
+    scheduler.step()
+    path = tmp_path / "sub" / "model.pt"
+    train.save_checkpoint(
+        path,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        history=history,
+        extra={"note": "two epochs", "numbers": [1, 2.5], "mask": torch.ones(3)},
+    )
+
+    raw = torch.load(path, weights_only=True)  # loads without trusting pickled code
+    assert raw["extra"]["note"] == "two epochs" and torch.equal(raw["extra"]["mask"], torch.ones(3))
+
+    fresh = small_cnn(seed=99)
+    fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    fresh_scheduler = torch.optim.lr_scheduler.OneCycleLR(fresh_optimizer, max_lr=0.1, total_steps=10)
+    state = train.load_checkpoint(path, fresh, fresh_optimizer, fresh_scheduler)
+    assert_same_weights(fresh, model)
+    for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(optimizer.state[p]["momentum_buffer"], fresh_optimizer.state[q]["momentum_buffer"])
+    assert fresh_scheduler.state_dict() == scheduler.state_dict()
+    assert metrics(train.History.from_dict(state["history"])) == metrics(history)
+
+    # A bare state_dict file loads too.
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    train.load_checkpoint(tmp_path / "bare.pt", small_cnn(seed=3))
+
+
+def test_save_checkpoint_refuses_extra_it_could_not_load_back(tmp_path):
+    path = tmp_path / "model.pt"
+    with pytest.raises(train.ConfigError, match=r"extra\['score'\] is a numpy.float64"):
+        train.save_checkpoint(path, model=small_cnn(), extra={"score": np.float64(0.9)})
+    assert not path.exists()
+
+
+def test_bad_checkpoint_files_raise_clear_errors(tmp_path):
+    model = small_cnn()
+    with pytest.raises(DataNotFoundError, match="No checkpoint file at"):
+        train.load_checkpoint(tmp_path / "missing.pt", model)
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(CorruptDataError, match="not a readable PyTorch checkpoint"):
+        train.load_checkpoint(garbage, model)
+
+    good = tmp_path / "good.pt"
+    train.save_checkpoint(good, model=model)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CorruptDataError, match="not a readable PyTorch checkpoint"):
+        train.load_checkpoint(truncated, model)
+
+    pickled_model = tmp_path / "pickled.pt"
+    torch.save(model, pickled_model)  # a whole module: refused by weights_only=True
+    with pytest.raises(CorruptDataError, match="weights_only=True"):
+        train.load_checkpoint(pickled_model, model)
+
+    not_ours = tmp_path / "list.pt"
+    torch.save([1, 2, 3], not_ours)
+    with pytest.raises(CorruptDataError, match="neither a d2lcnn checkpoint nor a model state"):
+        train.load_checkpoint(not_ours, model)
+
+    wider = small_cnn()
+    wider[-1] = nn.Linear(8 * 4 * 4, 10)
+    with pytest.raises(train.ConfigError, match=r"6\.weight: checkpoint \(4, 128\) vs model"):
+        train.load_checkpoint(good, wider)
+
+
+# ----------------------------------------------------------------------------- history
+
+
+def test_history_json_round_trip_and_summaries(tmp_path):
+    history = train.fit(small_cnn(), quadrant_data(), epochs=3, lr=0.1, eval_every=2, **QUIET)
+    path = tmp_path / "history.json"
+    history.to_json(path)
+    loaded = train.History.from_json(path)
+    assert loaded.as_dict() == history.as_dict()
+    assert loaded.config["precision"] in ("bf16", "fp32")
+
+    rows = [
+        train.EpochStats(1, 1.0, 0.5, 0.9, 0.6, 10.0, 100.0, 0.1),
+        train.EpochStats(2, 0.5, 0.8, 0.4, 0.9, 12.0, 100.0, 0.05),
+        train.EpochStats(3, 0.4, 0.9, None, None, 11.0, 100.0, 0.02),
+        train.EpochStats(4, 0.3, 0.95, 0.45, 0.85, 13.0, 100.0, 0.01),
+    ]
+    made = train.History(rows, {"model": "toy"})
+    assert made.total_seconds == 46.0
+    assert made.final_test_acc == 0.85 and made.best_test_acc == 0.9
+    assert made.time_to_accuracy(0.9) == 22.0 and made.time_to_accuracy(0.95) is None
+    assert "final test acc 85.00%" in repr(made)
+    with pytest.raises(train.ConfigError, match="use 0.98 for 98%"):
+        made.time_to_accuracy(98)
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CorruptDataError, match="not a JSON history"):
+        train.History.from_json(bad)
+    bad.write_text('{"epochs": [{"epoch": 1}]}')
+    with pytest.raises(CorruptDataError, match="missing or malformed field"):
+        train.History.from_json(bad)
+    with pytest.raises(DataNotFoundError):
+        train.History.from_json(tmp_path / "absent.json")
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def test_progress_lines_show_no_machine_paths_and_progress_false_is_silent(tmp_path, capsys):
+    lines = []
+    train.fit(
+        small_cnn(),
+        quadrant_data(),
+        epochs=2,
+        lr=0.05,
+        device="cpu",
+        log=lines.append,
+        checkpoint=tmp_path / "run.pt",
+    )
+    captured = capsys.readouterr()
+    assert len(lines) == 3 and lines[0].startswith("training Sequential on quadrants")
+    assert lines[2].startswith("epoch 2/2") and "test loss" in lines[2]
+    assert all(str(tmp_path) not in text for text in [*lines, captured.out, captured.err])
+
+    train.fit(small_cnn(), quadrant_data(), epochs=1, lr=0.05, checkpoint=tmp_path / "b.pt", **QUIET)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_live_plot_is_updated_every_epoch_and_closed(monkeypatch):
+    import d2lcnn.plot
+
+    events = []
+
+    class RecordingPlot:
+        def __init__(self, **kwargs):
+            events.append(("init", kwargs))
+
+        def update(self, history):
+            events.append(("update", len(history.epochs)))
+
+        def close(self):
+            events.append(("close",))
+
+    monkeypatch.setattr(d2lcnn.plot, "LivePlot", RecordingPlot)
+    train.fit(small_cnn(), quadrant_data(), epochs=2, lr=0.05, live_plot=True, **QUIET)
+    assert events == [("init", {"num_epochs": 2}), ("update", 1), ("update", 2), ("close",)]
+
+
+# ----------------------------------------------------------------------------- evaluate, predict
+
+
+def test_evaluate_and_predict_agree_with_a_plain_computation_and_restore_the_mode():
+    data, model = quadrant_data(), small_cnn()
+    train.fit(model, data, epochs=1, lr=0.05, **QUIET)
+    images, labels = data.test.images, data.test.labels
+    model.eval()
+    with torch.no_grad():
+        logits = model(images)
+    expected_loss = nn.functional.cross_entropy(logits, labels).item()
+    expected_acc = (logits.argmax(1) == labels).float().mean().item()
+
+    model.train()
+    loss, acc = train.evaluate(model, data.test, precision="fp32")
+    assert model.training
+    assert loss == pytest.approx(expected_loss, rel=1e-5) and acc == pytest.approx(expected_acc)
+
+    model.eval()
+    predicted, true = train.predict(model, data.test, precision="fp32")
+    assert not model.training
+    assert torch.equal(true, labels) and torch.equal(predicted, logits.argmax(1))
+    from_tensor, none = train.predict(model, images, precision="fp32", batch_size=50)
+    assert none is None and torch.equal(from_tensor, predicted)
+
+    with pytest.raises(train.ConfigError, match=r"float images.*torch.uint8"):
+        train.predict(model, (images * 50).clamp(0, 255).to(torch.uint8))
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def test_pick_device_and_precision():
+    assert train.pick_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(train.ConfigError, match="no CUDA GPU"):
+            train.pick_device("cuda")
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        assert train.pick_device() == torch.device("cpu")
+    with pytest.raises(UnknownNameError, match="device 'gpu0'"):
+        train.pick_device("gpu0")
+
+    assert train.pick_precision("cpu", "fp32") == "fp32"
+    assert train.pick_precision("cpu", "bfloat16") == "bf16"
+    assert train.pick_precision("mps") == "fp32"
+    with pytest.raises(train.ConfigError, match="fp16 training needs a CUDA GPU"):
+        train.pick_precision("cpu", "fp16")
+    with pytest.raises(UnknownNameError, match="Did you mean 'fp16'"):
+        train.pick_precision("cpu", "fp61")
+
+
+def test_auto_precision_on_cpu_follows_the_cpus_bf16_support():
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("needs Linux's /proc/cpuinfo to know the CPU's features independently")
+    flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags"))
+    native_bf16 = bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
+    assert train.pick_precision("cpu") == ("bf16" if native_bf16 else "fp32")
+
+
+@pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "fp16")])
+def test_auto_precision_on_cuda(monkeypatch, native_bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16)
+    assert train.pick_precision("cuda") == expected
+    assert train.pick_precision("cuda", "fp16") == "fp16"
+
+
+@pytest.mark.parametrize(
+    "settings, error, message",
+    [
+        ({"epochs": 0}, train.ConfigError, "epochs must be an int >= 1"),
+        ({"lr": -0.1}, train.ConfigError, "lr must be > 0"),
+        ({"optimizer": "sdg"}, UnknownNameError, "Did you mean 'sgd'"),
+        ({"schedule": "one_cycle"}, UnknownNameError, "Did you mean 'onecycle'"),
+        ({"warmup": 1.5}, train.ConfigError, "warmup is a fraction"),
+        ({"resume": True}, train.ConfigError, "resume=True needs checkpoint"),
+    ],
+)
+def test_bad_settings_raise_one_clear_error(settings, error, message):
+    arguments = {"epochs": 1, "lr": 0.1, **QUIET, **settings}
+    with pytest.raises(error, match=message):
+        train.fit(small_cnn(), quadrant_data(), **arguments)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_end_with_identical_weights_and_history(tmp_path):
+    port = free_port()
+    processes = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
+            "OMP_NUM_THREADS": "1",
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(TESTS / "ddp_worker.py"), str(tmp_path)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=180))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err[-3000:]
+
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0["state"].keys() == rank1["state"].keys()
+    for key in rank0["state"]:
+        assert torch.equal(rank0["state"][key], rank1["state"][key]), key
+    assert rank0["history"] == rank1["history"]
+    history = train.History.from_dict(rank0["history"])
+    assert history.config["world_size"] == 2 and history.config["steps_per_epoch"] == 4
+    assert history.final_test_acc >= 0.9
+    # Only rank 0 talks and saves.
+    assert len(rank0["lines"]) == 3 and rank1["lines"] == []
+    assert outputs[1][0] == ""
+    saved = torch.load(tmp_path / "run.pt", weights_only=True)
+    for key in rank0["state"]:
+        assert torch.equal(saved["model"][key], rank0["state"][key]), key
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_lenet_like_model_reaches_98_percent_on_real_mnist():
+    if not (SHARED_DATA / "mnist.npz").is_file():
+        pytest.skip("real MNIST not found: no mnist.npz in ../shared/data or $D2LCNN_SHARED_DATA")
+    from d2lcnn.data import load
+
+    data = load("mnist", root=SHARED_DATA, batch_size=128, device="cpu")
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, 10),
+    )
+    history = train.fit(model, data, epochs=2, lr=0.1, **QUIET)
+    assert history.final_test_acc >= 0.98, history.epochs
