@@ -61,6 +61,7 @@ _RESUME_KEYS = (
     "schedule",
     "warmup",
     "label_smoothing",
+    "lr_scale",
     "seed",
     "batch_size",
     "steps_per_epoch",
@@ -596,22 +597,38 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def _make_optimizer(
-    model: nn.Module, name: str, lr: float, momentum: float, nesterov: bool, weight_decay: float
+    model: nn.Module,
+    name: str,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    lr_scale: dict[str, float] | None = None,
 ) -> torch.optim.Optimizer:
     # Weight decay shrinks conv and linear weights only; decaying biases and BatchNorm scales
     # (tensors with < 2 dims) only hurts (as in nanoGPT and most ImageNet recipes).
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    lr_scale = dict(lr_scale or {})
+    names = {n for n, _ in model.named_modules() if n}
+    for prefix in lr_scale:
+        if prefix not in names:
+            raise unknown_name("module", prefix, [n for n in names if "." not in n])
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for param_name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        owner = [k for k in lr_scale if param_name.startswith(k + ".")]
+        scale = lr_scale[max(owner, key=len)] if owner else 1.0  # the most specific prefix wins
+        decay = weight_decay if p.dim() >= 2 else 0.0
+        groups.setdefault((scale, decay), []).append(p)
+    if not groups:
         raise ConfigError("The model has no trainable parameters (requires_grad is off for all).")
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    param_groups = [
+        {"params": ps, "lr": lr * scale, "weight_decay": decay} for (scale, decay), ps in groups.items()
     ]
-    groups = [g for g in groups if g["params"]]
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
-    fused = params[0].device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
+        return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+    first = param_groups[0]["params"][0]
+    return torch.optim.AdamW(param_groups, lr=lr, fused=first.device.type == "cuda" or None)
 
 
 def _make_scheduler(
@@ -620,7 +637,11 @@ def _make_scheduler(
     if schedule == "onecycle":
         # cycle_momentum=False keeps the momentum the user chose.
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=total_steps, pct_start=warmup, cycle_momentum=False
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total_steps,
+            pct_start=warmup,
+            cycle_momentum=False,
         )
     if schedule == "cosine":
         warmup_steps = int(warmup * total_steps)
@@ -789,6 +810,7 @@ def fit(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     max_steps: int | None = None,
+    lr_scale: dict[str, float] | None = None,
     log: Callable[[str], Any] | None = print,
 ) -> History:
     """Train `model` on `data.train`, evaluating on `data.test`; return the per-epoch History.
@@ -806,6 +828,8 @@ def fit(
     - checkpoint: saved atomically after every epoch. An existing file is only continued with
       `resume=True`, never overwritten; a finished run resumes to its stored History at once.
     - max_steps: stop after that many optimizer steps in all (the schedule is shortened to match).
+    - lr_scale: learning-rate multipliers by module name, e.g. {"fc": 10.0} trains a new head ten
+      times faster than a pretrained backbone. Frozen parameters (requires_grad False) are skipped.
     - progress: a progress bar per epoch and one summary line per epoch through `log`;
       progress=False is silent. live_plot: a figure updated after every epoch.
 
@@ -827,6 +851,7 @@ def fit(
         "seed": seed,
         "eval_every": eval_every,
         "max_steps": max_steps,
+        "lr_scale": dict(lr_scale or {}),
     }
     _check_settings(settings)
     train_loader = getattr(data, "train", None)
@@ -885,7 +910,7 @@ def fit(
         if not hasattr(model, "compile"):
             raise ConfigError("compile=True needs torch >= 2.2 (nn.Module.compile).")
         model.compile()  # in place: d2lcnn models keep their own __call__ that explains bad inputs
-    opt = _make_optimizer(model, optimizer, lr, momentum, nesterov, weight_decay)
+    opt = _make_optimizer(model, optimizer, lr, momentum, nesterov, weight_decay, lr_scale)
     scheduler = _make_scheduler(opt, schedule, lr, total_steps, warmup)
     scaler = _grad_scaler(device, enabled=precision == "fp16")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)

@@ -697,3 +697,19 @@ def test_lenet_like_model_reaches_98_percent_on_real_mnist():
     )
     history = train.fit(model, data, epochs=2, lr=0.1, **QUIET)
     assert history.final_test_acc >= 0.98, history.epochs
+
+
+def test_lr_scale_gives_a_module_its_own_learning_rate_and_skips_frozen_parameters():
+    from d2lcnn.errors import UnknownNameError
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    model[0].weight.requires_grad_(False)
+    opt = train._make_optimizer(model, "sgd", 0.1, 0.9, True, 5e-4, {"2": 10.0})
+    lrs = sorted((g["lr"], g["weight_decay"], sum(p.numel() for p in g["params"])) for g in opt.param_groups)
+    # layer 0: only its bias trains (lr 0.1, no decay); layer 2: weight (decayed) and bias at lr 1.0
+    assert lrs == [(0.1, 0.0, 8), (1.0, 0.0, 2), (1.0, 5e-4, 16)]
+    named = nn.Sequential()
+    named.add_module("body", nn.Linear(4, 8))
+    named.add_module("head", nn.Linear(8, 2))
+    with pytest.raises(UnknownNameError, match="Did you mean 'head'"):
+        train._make_optimizer(named, "sgd", 0.1, 0.9, True, 0.0, {"haed": 10.0})
