@@ -54,7 +54,7 @@ def blocks_of(config: list[int | str]) -> list[tuple[int, int]]:
 
 
 class VGG(Classifier):
-    """VGG from a config row: five `vgg_block`s, then a three-layer classifier."""
+    """VGG from a config row: five blocks made by `vgg_block`, then a three-layer classifier."""
 
     def __init__(
         self,

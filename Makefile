@@ -1,0 +1,40 @@
+# d2lcnn: `make book` builds the site, `make test` runs every test. Both set up what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED_DATA ?= ../shared/data
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+
+.PHONY: setup system-deps data book test lint notebooks bench bench-quick clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
+	touch $@
+
+# Debian packages: the official Fashion-MNIST files and Chromium for the browser test (root only).
+system-deps:
+	@bash scripts/system-deps.sh
+
+# Offline data: link the shared .npz files and unpack Fashion-MNIST into the d2lcnn data root.
+data: setup system-deps
+	$(PY) -m d2lcnn data import --if-exists $(SHARED_DATA) $(FASHION_MNIST)
+	$(PY) -m d2lcnn data list
+
+book: setup
+	$(VENV)/bin/jupyter-book build . -W --keep-going
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup data lint
+	$(PY) -m pytest
+
+clean:
+	rm -rf _build .pytest_cache
