@@ -1,0 +1,428 @@
+"""Tests for d2lcnn.plot: every figure is built from small models and fake data defined here."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.colors import to_rgba
+from matplotlib.figure import Figure
+from torch import nn
+
+from d2lcnn import plot
+from d2lcnn.errors import CorruptDataError, InputShapeError, UnknownNameError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CLASSES = ["zero", "one", "two", "three"]
+
+
+@dataclass
+class Epoch:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_loss: float | None
+    test_acc: float | None
+    seconds: float
+    examples_per_s: float
+    lr: float
+
+
+class FakeHistory:
+    """What fit() returns: .epochs (attribute records) and as_dict()."""
+
+    def __init__(self, epochs: list[Epoch]) -> None:
+        self.epochs = epochs
+
+    def as_dict(self) -> dict:
+        return {"model": "fake", "epochs": [asdict(e) for e in self.epochs]}
+
+
+def make_history(num_epochs: int = 3, offset: float = 0.0, with_test: bool = True) -> FakeHistory:
+    return FakeHistory(
+        [
+            Epoch(
+                epoch=i + 1,
+                train_loss=2.0 / (i + 1) + offset,
+                train_acc=0.5 + 0.1 * i,
+                test_loss=2.2 / (i + 1) + offset if with_test else None,
+                test_acc=0.45 + 0.1 * i if with_test else None,
+                seconds=1.0,
+                examples_per_s=1000.0,
+                lr=0.1,
+            )
+            for i in range(num_epochs)
+        ]
+    )
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def titles(fig: Figure) -> list[str]:
+    return [ax.get_title() for ax in fig.axes]
+
+
+def images_of(fig: Figure) -> list[np.ndarray]:
+    return [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images]
+
+
+# ----------------------------------------------------------------------------- fake data and model
+#
+# Each 1x4x4 image is -1 everywhere (normalised black) except one "hot" pixel in the first row; the
+# model reads the first row, so it predicts the column of the hot pixel. Putting the hot pixel in
+# another column than the label makes a known mistake, and its value sets how confident it is.
+
+LABELS = [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
+HOT = [0, 1, 2, 3, 1, 1, 0, 3, 0, 2]  # wrong at positions 4, 6 and 9
+HEAT = [1.0, 1.0, 1.0, 1.0, 0.2, 1.0, 1.0, 1.0, 1.0, -0.5]
+WRONG = [i for i, (y, h) in enumerate(zip(LABELS, HOT, strict=True)) if y != h]
+
+
+def make_images() -> torch.Tensor:
+    x = -torch.ones(len(LABELS), 1, 4, 4)
+    for i, (column, heat) in enumerate(zip(HOT, HEAT, strict=True)):
+        x[i, 0, 0, column] = heat
+    return x
+
+
+def reading_model() -> nn.Sequential:
+    linear = nn.Linear(16, 4)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.zero_()
+        for c in range(4):
+            linear.weight[c, c] = 6.0  # pixel (0, c) of the flattened image
+    return nn.Sequential(nn.Flatten(), linear)
+
+
+class FakeData:
+    """Like d2lcnn.data's Data: .test batches of normalised images, .classes, .denormalize()."""
+
+    def __init__(self, batch_size: int = 4) -> None:
+        x, y = make_images(), torch.tensor(LABELS)
+        self.test = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), 4)]
+        self.classes = list(CLASSES)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * 0.5 + 0.5).clamp(0, 1).cpu()
+
+
+@pytest.fixture(autouse=True)
+def no_figures_left_open():
+    """Every function hands back its figure without leaving it registered in pyplot, so a
+    notebook shows it exactly once."""
+    plt.close("all")
+    yield
+    assert plt.get_fignums() == []
+
+
+# ----------------------------------------------------------------------------- plot_history
+
+
+def test_plot_history_draws_train_and_test_per_metric():
+    history = make_history()
+    fig = plot.plot_history(history)
+    assert isinstance(fig, Figure)
+    assert titles(fig) == ["Loss", "Accuracy"]
+    loss_ax, acc_ax = fig.axes
+    lines = {line.get_label(): line for line in loss_ax.lines}
+    assert set(lines) == {"train", "test"}
+    assert list(lines["train"].get_xdata()) == [1, 2, 3]
+    assert list(lines["train"].get_ydata()) == pytest.approx([e.train_loss for e in history.epochs])
+    assert list(lines["test"].get_ydata()) == pytest.approx([e.test_loss for e in history.epochs])
+    assert lines["test"].get_linestyle() == "--"
+    acc = {line.get_label(): line for line in acc_ax.lines}
+    assert list(acc["train"].get_ydata()) == pytest.approx([e.train_acc for e in history.epochs])
+    assert png_bytes(fig).startswith(PNG_MAGIC)
+
+
+def test_plot_history_accepts_dicts_and_json_and_skips_missing_test():
+    history = make_history(with_test=False)
+    for form in (
+        history.as_dict(),
+        json.loads(json.dumps(history.as_dict())),
+        history.as_dict()["epochs"],
+    ):
+        fig = plot.plot_history(form, metrics=("loss",))
+        assert len(fig.axes) == 1
+        assert [line.get_label() for line in fig.axes[0].lines] == ["train"]
+        assert list(fig.axes[0].lines[0].get_ydata()) == pytest.approx([e.train_loss for e in history.epochs])
+
+
+def test_plot_history_overlays_labelled_runs():
+    runs = [make_history(offset=k) for k in range(3)]
+    labels = ["fine-tuned", "frozen", "scratch"]
+    fig = plot.plot_history(runs, labels=labels)
+    assert len(fig.axes) == 2
+    legend = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert legend == [f"{label} {split}" for label in labels for split in ("train", "test")]
+    first_lines = fig.axes[0].lines[::2]  # train curves of each run
+    assert len({line.get_color() for line in first_lines}) == 3
+    assert first_lines[2].get_ydata()[0] == pytest.approx(2.0 + 2)
+
+
+def test_plot_history_draws_into_given_axes():
+    fig, axes = plt.subplots(1, 2)
+    try:
+        assert plot.plot_history(make_history(), ax=axes) is fig
+        assert len(axes[0].lines) == 2 and len(axes[1].lines) == 2
+        with pytest.raises(InputShapeError, match="one Axes per metric"):
+            plot.plot_history(make_history(), ax=axes[0])
+    finally:
+        plt.close(fig)
+
+
+def test_plot_history_bad_input_errors():
+    with pytest.raises(UnknownNameError, match="Did you mean 'acc'"):
+        plot.plot_history(make_history(), metrics=("accuracy",))
+    with pytest.raises(CorruptDataError, match="Expected a training history"):
+        plot.plot_history(42)
+    with pytest.raises(CorruptDataError, match="no 'epochs' key"):
+        plot.plot_history({"loss": [1, 2]})
+    with pytest.raises(CorruptDataError, match="no epochs yet"):
+        plot.plot_history(FakeHistory([]))
+    with pytest.raises(InputShapeError, match="2 labels for 3 histories"):
+        plot.plot_history([make_history()] * 3, labels=["a", "b"])
+
+
+# ----------------------------------------------------------------------------- image grids
+
+
+def test_show_images_grid_titles_colors_and_gray():
+    images = torch.rand(10, 1, 6, 5)
+    names = [f"img {i}" for i in range(10)]
+    colors = ["red" if i % 2 else "black" for i in range(10)]
+    fig = plot.show_images(images, titles=names, ncols=4, colors=colors)
+    assert len(fig.axes) == 10
+    assert titles(fig) == names
+    assert fig.axes[1].title.get_color() == "red"
+    shown = images_of(fig)
+    assert shown[3].shape == (6, 5)
+    np.testing.assert_allclose(shown[3], images[3, 0].numpy())
+    assert fig.axes[0].images[0].get_cmap().name == "gray"
+    assert fig.axes[4].get_subplotspec().rowspan.start == 1  # 4 per row: the 5th starts row 2
+    assert len(png_bytes(fig)) > 0
+
+
+def test_show_images_rgb_and_bad_input():
+    fig = plot.show_images(torch.rand(3, 3, 8, 8))
+    assert [image.shape for image in images_of(fig)] == [(8, 8, 3)] * 3
+    with pytest.raises(InputShapeError, match="channels-last"):
+        plot.show_images(torch.rand(2, 8, 8, 3))
+    with pytest.raises(InputShapeError, match="denormalize"):
+        plot.show_images(torch.randn(2, 3, 8, 8) * 3)
+    with pytest.raises(InputShapeError, match="3 titles for 2 images"):
+        plot.show_images(torch.rand(2, 1, 4, 4), titles=["a", "b", "c"])
+
+
+# ----------------------------------------------------------------------------- predictions
+
+
+def test_show_predictions_marks_mistakes_in_red():
+    model = reading_model()
+    model.train()
+    fig = plot.show_predictions(model, FakeData(), n=24)
+    assert model.training  # the model's own mode is given back
+    assert len(fig.axes) == len(LABELS)  # fewer test images than n: all are shown
+    expected = [f"{CLASSES[y]} / {CLASSES[h]}" for y, h in zip(LABELS, HOT, strict=True)]
+    assert titles(fig) == expected
+    red = to_rgba(plot._MISTAKE_COLOR)
+    for i, ax in enumerate(fig.axes):
+        is_red = to_rgba(ax.title.get_color()) == red
+        assert is_red == (i in WRONG), ax.get_title()
+    assert f"{len(WRONG)} of {len(LABELS)} wrong" in fig.get_suptitle()
+    np.testing.assert_allclose(images_of(fig)[0], (make_images()[0, 0] * 0.5 + 0.5).numpy())
+
+
+def test_show_predictions_sample_is_fixed_by_seed():
+    data, model = FakeData(), reading_model()
+    first = titles(plot.show_predictions(model, data, n=4, ncols=2, seed=1))
+    again = titles(plot.show_predictions(model, data, n=4, ncols=2, seed=1))
+    assert len(first) == 4 and first == again
+    others = {tuple(titles(plot.show_predictions(model, data, n=4, seed=s))) for s in range(2, 8)}
+    assert len(others) > 1
+
+
+def test_show_predictions_rejects_model_for_other_classes():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
+    with pytest.raises(InputShapeError, match=r"expected \(batch, 4\)"):
+        plot.show_predictions(model, FakeData())
+
+
+def test_show_most_confused_ranks_by_wrong_class_probability():
+    fig = plot.show_most_confused(reading_model(), FakeData(), n=len(WRONG))
+    # the mistakes, surest first: position 6 (heat 1.0), then 4 (0.2), then 9 (-0.5)
+    order = [6, 4, 9]
+    pairs = [title.split("\n")[0] for title in titles(fig)]
+    assert pairs == [f"{CLASSES[LABELS[i]]} / {CLASSES[HOT[i]]}" for i in order]
+    percents = [float(title.split("\n")[1].rstrip("%")) for title in titles(fig)]
+    assert percents == sorted(percents, reverse=True) and percents[0] > 90
+    assert all(to_rgba(ax.title.get_color()) == to_rgba(plot._MISTAKE_COLOR) for ax in fig.axes)
+    np.testing.assert_allclose(images_of(fig)[0], (make_images()[6, 0] * 0.5 + 0.5).numpy())
+
+
+# ----------------------------------------------------------------------------- confusion matrix
+
+
+def test_confusion_matrix_counts_by_hand():
+    preds = [0, 1, 1, 2, 2, 2, 0]
+    labels = [0, 1, 2, 2, 2, 0, 0]
+    expected = torch.tensor([[2, 0, 1], [0, 1, 0], [0, 1, 2]])
+    assert torch.equal(plot.confusion_matrix(torch.tensor(preds), torch.tensor(labels), 3), expected)
+    scores = torch.nn.functional.one_hot(torch.tensor(preds), 3).float()
+    assert torch.equal(plot.confusion_matrix(scores, np.array(labels), 3), expected)
+    with pytest.raises(InputShapeError, match="outside 0..2"):
+        plot.confusion_matrix([0, 3], [0, 1], 3)
+    with pytest.raises(InputShapeError, match="same length"):
+        plot.confusion_matrix([0, 1, 2], [0, 1], 3)
+
+
+def test_plot_confusion_matrix_heatmap_and_labels():
+    preds = [0, 1, 1, 2, 2, 2, 0]
+    labels = [0, 1, 2, 2, 2, 0, 0]
+    names = ["cat", "dog", "frog"]
+    fig = plot.plot_confusion_matrix(preds, labels, names)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    heat = np.asarray(ax.images[0].get_array())
+    np.testing.assert_allclose(heat.sum(axis=1), 1.0)
+    np.testing.assert_allclose(heat[0], [2 / 3, 0, 1 / 3])
+    assert [t.get_text() for t in ax.texts[:3]] == ["67%", "0%", "33%"]
+    counts = plot.plot_confusion_matrix(preds, labels, names, normalize=False).axes[0]
+    assert [t.get_text() for t in counts.texts] == ["2", "0", "1", "0", "1", "0", "0", "1", "2"]
+    assert "7 images" in counts.get_title()
+    assert png_bytes(fig).startswith(PNG_MAGIC)
+
+
+# ----------------------------------------------------------------------------- inside the network
+
+
+def test_show_filters_one_image_per_filter():
+    conv = nn.Conv2d(1, 6, kernel_size=5)
+    fig = plot.show_filters(nn.Sequential(conv, nn.ReLU(), nn.Conv2d(6, 16, 5)))
+    assert len(fig.axes) == 6
+    shown = images_of(fig)
+    assert all(image.shape == (5, 5) for image in shown)
+    np.testing.assert_allclose(shown[2], conv.weight[2, 0].detach().numpy(), rtol=1e-6)
+    assert "6 of 6" in fig.get_suptitle()
+    assert len(plot.show_filters(conv, max_filters=4).axes) == 4
+
+
+def test_show_filters_rgb_and_no_conv():
+    fig = plot.show_filters(nn.Conv2d(3, 8, kernel_size=3))
+    shown = images_of(fig)
+    assert len(shown) == 8 and shown[0].shape == (3, 3, 3)
+    assert all(image.min() >= 0 and image.max() <= 1 for image in shown)
+    with pytest.raises(InputShapeError, match="no nn.Conv2d"):
+        plot.show_filters(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+
+
+def small_convnet() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3),  # "0": 4x10x10
+        nn.ReLU(),  # "1"
+        nn.MaxPool2d(2),  # "2": 4x5x5
+        nn.Conv2d(4, 6, 3),  # "3": 6x3x3
+        nn.ReLU(),  # "4"
+        nn.Flatten(),
+        nn.Linear(54, 3),
+    )
+
+
+def test_feature_maps_capture_the_named_layer():
+    model, image = small_convnet(), torch.randn(1, 12, 12)
+    name, maps = plot.feature_maps(model, image)
+    assert name == "1"  # default: the first conv's output after its activation
+    torch.testing.assert_close(maps, model[:2](image[None])[0].detach())
+    name, maps = plot.feature_maps(model, image, layer="3")
+    assert name == "3" and maps.shape == (6, 3, 3)
+    torch.testing.assert_close(maps, model[:4](image[None])[0].detach())
+    name, maps = plot.feature_maps(model, image[None], layer=model[2])
+    assert name == "2" and maps.shape == (4, 5, 5)
+
+
+def test_feature_maps_default_layer_skips_norm_and_falls_back_to_conv():
+    with_norm = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(inplace=True))
+    assert plot.feature_maps(with_norm, torch.randn(3, 8, 8))[0] == "2"
+    no_activation = nn.Sequential(nn.Conv2d(3, 5, 3), nn.MaxPool2d(2), nn.ReLU())
+    name, maps = plot.feature_maps(no_activation, torch.randn(3, 8, 8))
+    assert name == "0" and maps.shape == (5, 6, 6)
+
+
+def test_show_feature_maps_panels_and_errors():
+    model, image = small_convnet(), torch.randn(1, 12, 12)
+    fig = plot.show_feature_maps(model, image)
+    assert len(fig.axes) == 4
+    np.testing.assert_allclose(images_of(fig)[1], model[:2](image[None])[0, 1].detach().numpy())
+    assert "'1' (ReLU)" in fig.get_suptitle()
+    assert len(plot.show_feature_maps(model, image, layer="3", max_maps=2).axes) == 2
+    with pytest.raises(UnknownNameError, match="Unknown layer '9'"):
+        plot.show_feature_maps(model, image, layer="9")
+    with pytest.raises(InputShapeError, match="not feature maps"):
+        plot.show_feature_maps(model, image, layer="6")
+    with pytest.raises(InputShapeError, match="could not run"):
+        plot.show_feature_maps(model, torch.randn(3, 12, 12))
+    with pytest.raises(InputShapeError, match="not a layer of this model"):
+        plot.show_feature_maps(model, image, layer=nn.ReLU())
+
+
+# ----------------------------------------------------------------------------- LivePlot
+
+
+class FakeHandle:
+    def __init__(self) -> None:
+        self.updates: list = []
+
+    def update(self, obj) -> None:
+        self.updates.append(obj)
+
+
+def test_live_plot_does_nothing_outside_jupyter(monkeypatch):
+    import IPython.display
+
+    def fail(*args, **kwargs):
+        raise AssertionError("LivePlot displayed something outside Jupyter")
+
+    monkeypatch.setattr(IPython.display, "display", fail)
+    assert not plot._in_notebook()
+    live = plot.LivePlot()
+    live.update(make_history())
+    live.close()
+    live.update(make_history())
+
+
+def test_live_plot_updates_one_display_in_jupyter(monkeypatch):
+    import IPython.display
+
+    shown, handle = [], FakeHandle()
+
+    def display(obj, display_id=False):
+        shown.append(obj)
+        return handle
+
+    monkeypatch.setattr(IPython.display, "display", display)
+    monkeypatch.setattr(plot, "_in_notebook", lambda: True)
+    live = plot.LivePlot(num_epochs=5)
+    for epochs in range(1, 4):
+        live.update(make_history(epochs))
+    assert len(shown) == 1 and len(handle.updates) == 2
+    for image in (shown[0], *handle.updates):
+        assert image.data.startswith(PNG_MAGIC)
+    assert handle.updates[-1].data != shown[0].data  # the curves grew
+    live.close()
+    live.update(make_history(4))
+    assert len(shown) == 1 and len(handle.updates) == 2
