@@ -1,0 +1,133 @@
+"""The command line, end to end, as a user runs it (a subprocess with its own data root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from d2lcnn.cli import main
+
+
+def make_mnist_like(root: Path, per_class: int = 30, seed: int = 0) -> None:
+    """A tiny mnist.npz whose classes are separable: class k has a bright square at position k."""
+    rng = np.random.default_rng(seed)
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(10), n)
+        images = rng.integers(0, 40, size=(len(labels), 28, 28, 1), dtype=np.uint8)
+        for i, k in enumerate(labels):
+            images[i, 2 + 2 * k : 6 + 2 * k, 4:24] = 250
+        return images, labels.astype(np.int64)
+
+    train_x, train_y = split(per_class)
+    test_x, test_y = split(per_class // 3)
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        root / "mnist.npz", train_images=train_x, train_labels=train_y, test_images=test_x,
+        test_labels=test_y, classes=np.array([str(i) for i in range(10)]),
+    )  # fmt: skip
+
+
+def run(args: list[str], data_root: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "D2LCNN_DATA": str(data_root), "MPLBACKEND": "Agg"}
+    return subprocess.run(
+        [sys.executable, "-m", "d2lcnn", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_train_writes_history_checkpoint_and_plots(tmp_path):
+    make_mnist_like(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["train", "--model", "lenet", "--dataset", "mnist", "--epochs", "2", "--batch-size", "32",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    result = run(args, tmp_path / "data", tmp_path)
+    assert result.returncode == 0, result.stderr
+    history = json.loads((out / "history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+    assert history["config"]["model"] == "lenet" and history["config"]["dataset"] == "mnist"
+    assert history["epochs"][-1]["test_acc"] > 0.5  # the toy classes are easy to tell apart
+    assert (out / "checkpoint.pt").stat().st_size > 0
+    for name in ("curves.png", "predictions.png", "confusion.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert "Test accuracy" in result.stdout
+
+    # Running again into the same folder must not overwrite the run.
+    again = run(args, tmp_path / "data", tmp_path)
+    assert again.returncode == 2
+    assert "--resume" in again.stderr and "Traceback" not in again.stderr
+    assert json.loads((out / "history.json").read_text()) == history
+
+    resumed = run([*args[:5], "3", *args[6:], "--resume"], tmp_path / "data", tmp_path)
+    assert resumed.returncode == 2, "a finished one-cycle run cannot be stretched to 3 epochs"
+    assert "Traceback" not in resumed.stderr
+
+
+def test_train_with_missing_data_explains_both_ways_to_get_it(tmp_path):
+    result = run(["train", "--model", "lenet", "--dataset", "mnist", "--out", str(tmp_path / "r")],
+                 tmp_path / "empty", tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "mnist.npz" in result.stderr and "d2lcnn data import" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, suggestion",
+    [
+        (["trian"], "Did you mean 'train'?"),
+        (["trace", "--model", "resnet81"], "Did you mean 'resnet18'?"),
+        (["trace", "--model", "vgg11", "--imput", "3x32x32"], "Did you mean '--input'?"),
+        (["train", "--model", "lenet", "--optimizer", "adamw2"], "Did you mean 'adamw'?"),
+    ],
+)
+def test_typos_exit_2_with_a_suggestion(args, suggestion, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert suggestion in capsys.readouterr().err
+
+
+def test_unknown_dataset_and_model_option_are_clear_errors(tmp_path, capsys):
+    assert main(["train", "--model", "lenet", "--dataset", "minst", "--out", str(tmp_path)]) == 2
+    assert "Did you mean 'mnist'?" in capsys.readouterr().err
+    assert main(["trace", "--model", "vgg11", "--option", "widht=0.5"]) == 2
+    assert "Did you mean 'width'?" in capsys.readouterr().err
+
+
+def test_trace_prints_the_table_and_explains_bad_input(capsys):
+    assert main(["trace", "--model", "vgg11", "--input", "3x224x224", "--depth", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "features.4" in text and "Parameters: 128,807,306" in text
+    assert main(["trace", "--model", "alexnet", "--input", "3x28x28"]) == 2
+    err = capsys.readouterr().err
+    assert "features.5" in err and "from 195 to 226 px" in err and "Traceback" not in err
+
+
+def test_help_everywhere():
+    for args in ([], ["train"], ["trace"], ["data"], ["data", "import"], ["models"]):
+        result = subprocess.run([sys.executable, "-m", "d2lcnn", *args, "--help"], capture_output=True,
+                                text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 0 and "usage: d2lcnn" in result.stdout, args
+
+
+def test_models_lists_each_model_with_its_input(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) >= 10 and all("Input:" in line for line in lines)
+
+
+def test_data_import_and_list(tmp_path, capsys, monkeypatch):
+    make_mnist_like(tmp_path / "src")
+    monkeypatch.setenv("D2LCNN_DATA", str(tmp_path / "root"))
+    assert main(["data", "import", "--if-exists", str(tmp_path / "src" / "mnist.npz"),
+                 str(tmp_path / "nowhere")]) == 0  # fmt: skip
+    assert (tmp_path / "root" / "mnist.npz").exists()
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "mnist: mnist.npz" in out
+    assert str(tmp_path) not in out  # no absolute paths in what users copy into notebooks
