@@ -33,8 +33,15 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Unit tests, the committed chapters, nbval (every chapter re-run in the smoke profile, deterministic
+# outputs compared with the stored ones) and the site in headless Chromium.
 test: setup data lint
-	$(PY) -m pytest
+	D2LCNN_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest tests \
+		--nbval notebooks --sanitize-with notebooks/nbval_sanitize.cfg
+
+# Re-execute every chapter in place in the cpu profile (what the site shows); needs `make data`.
+notebooks: setup
+	$(PY) scripts/execute_notebooks.py
 
 clean:
 	rm -rf _build .pytest_cache

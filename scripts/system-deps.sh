@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests use: official Fashion-MNIST files and headless Chromium.
 # Runs apt-get only as root; otherwise says what to install.
 set -euo pipefail
-packages=(dataset-fashion-mnist chromium)
+packages=(dataset-fashion-mnist chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" > /dev/null 2>&1 || missing+=("$p")
