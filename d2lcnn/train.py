@@ -633,27 +633,29 @@ def _make_optimizer(
 
 def _make_scheduler(
     optimizer: torch.optim.Optimizer, schedule: str, lr: float, total_steps: int, warmup: float
-):
-    if schedule == "onecycle":
-        # cycle_momentum=False keeps the momentum the user chose.
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=[g["lr"] for g in optimizer.param_groups],
-            total_steps=total_steps,
-            pct_start=warmup,
-            cycle_momentum=False,
-        )
-    if schedule == "cosine":
-        warmup_steps = int(warmup * total_steps)
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step multiplier of each parameter group's own learning rate.
 
-        def factor(step: int) -> float:
-            if step < warmup_steps:
-                return (step + 1) / warmup_steps
-            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    "onecycle" has the shape of torch's OneCycleLR (cosine up from lr/25 to lr over the warmup, then
+    cosine down to lr/250,000) but works for any number of steps, even one, and keeps momentum fixed.
+    """
+    warmup_steps = int(warmup * total_steps)
 
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    def one_cycle(step: int) -> float:
+        start, end = 1 / 25, 1 / 250_000
+        if step < warmup_steps:
+            return start + (1 - start) * (1 - math.cos(math.pi * step / warmup_steps)) / 2
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return end + (1 - end) * (1 + math.cos(math.pi * progress)) / 2
+
+    def cosine(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    factors = {"onecycle": one_cycle, "cosine": cosine, "constant": lambda step: 1.0}
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors[schedule])
 
 
 def _check_settings(settings: dict) -> None:

@@ -131,3 +131,47 @@ def test_data_import_and_list(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "mnist: mnist.npz" in out
     assert str(tmp_path) not in out  # no absolute paths in what users copy into notebooks
+
+
+def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL a real training process after its first checkpoint, resume it, compare with a run
+    that was never interrupted: same history, bit-identical weights (CPU)."""
+    import signal
+    import time
+
+    import torch
+
+    make_mnist_like(tmp_path / "data", per_class=100)
+    env = {**os.environ, "D2LCNN_DATA": str(tmp_path / "data"), "MPLBACKEND": "Agg"}
+
+    def args(out: Path) -> list[str]:
+        return [sys.executable, "-m", "d2lcnn", "train", "--model", "lenet", "--dataset", "mnist",
+                "--epochs", "20", "--batch-size", "32", "--out", str(out), "--quiet",
+                "--no-plots"]  # fmt: skip
+
+    whole = subprocess.run(args(tmp_path / "whole"), env=env, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(args(killed_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint = killed_dir / "checkpoint.pt"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    saved = torch.load(checkpoint, weights_only=True)  # the file is whole: it was written atomically
+    assert 1 <= len(saved["history"]["epochs"]) < 20
+
+    resumed = subprocess.run([*args(killed_dir), "--resume"], env=env, capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "whole" / "history.json").read_text())["epochs"]
+    b = json.loads((killed_dir / "history.json").read_text())["epochs"]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+        assert [e[key] for e in a] == [e[key] for e in b], key
+    weights_a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
+    weights_b = torch.load(checkpoint, weights_only=True)["model"]
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)

@@ -713,3 +713,19 @@ def test_lr_scale_gives_a_module_its_own_learning_rate_and_skips_frozen_paramete
     named.add_module("head", nn.Linear(8, 2))
     with pytest.raises(UnknownNameError, match="Did you mean 'head'"):
         train._make_optimizer(named, "sgd", 0.1, 0.9, True, 0.0, {"haed": 10.0})
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 1000])
+def test_onecycle_works_for_any_number_of_steps_and_peaks_at_lr(steps):
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.4)
+    scheduler = train._make_scheduler(opt, "onecycle", 0.4, steps, 0.2)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    assert max(lrs) <= 0.4 + 1e-12 and all(lr > 0 for lr in lrs)
+    if steps >= 5:
+        assert lrs[0] == pytest.approx(0.4 / 25) and max(lrs) == pytest.approx(0.4, rel=1e-3)
+    if steps == 1000:
+        assert lrs.index(max(lrs)) == pytest.approx(200, abs=1) and lrs[-1] < 1e-5
