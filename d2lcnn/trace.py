@@ -30,7 +30,7 @@ class Row:
     flops: int
 
 
-@dataclass
+@dataclass(repr=False)
 class Trace:
     """The table `trace` returns: shows as HTML in a notebook and as text in a terminal."""
 
@@ -61,6 +61,9 @@ class Trace:
         lines += [fmt(line) for line in body]
         lines += [rule, *self._totals(), rule]
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
 
     def _totals(self) -> list[str]:
         return [

@@ -90,3 +90,8 @@ def test_trace_explains_too_small_input():
 def test_trace_explains_wrong_channels():
     with pytest.raises(InputShapeError, match=r"features.0.*in_channels=3"):
         trace(create("lenet"), (3, 28, 28))
+
+
+def test_repr_is_the_readable_table():
+    table = trace(create("lenet"), (1, 28, 28))
+    assert repr(table) == str(table) and "features.0" in repr(table)
