@@ -290,8 +290,8 @@ def _image_grid(
     """One small panel per image (H, W) or (H, W, 3); exactly len(images) axes."""
     ncols = max(1, min(ncols, len(images)))
     nrows = math.ceil(len(images) / ncols)
-    title_room = 0.35 * (1 + max(t.count("\n") for t in titles)) if titles else 0.0
-    height = nrows * (_CELL_INCHES + title_room) + (0.4 if suptitle else 0.0)
+    title_room = 0.18 * (1 + max(t.count("\n") for t in titles)) if titles else 0.0
+    height = nrows * (_CELL_INCHES + title_room) + (0.35 if suptitle else 0.0)
     fig = _new_figure(ncols * _CELL_INCHES, height)
     vmin, vmax = value_range if value_range else (None, None)
     for i, image in enumerate(images):
@@ -597,7 +597,7 @@ def plot_confusion_matrix(
     kind = "row-normalised" if normalize else "counts"
     ax.set_title(f"Confusion matrix ({kind}, {total} images{accuracy})")
     if k <= 20:  # beyond that the numbers no longer fit in the cells
-        dark = 0.5 * (values.max() or 1)
+        dark = 0.5 if normalize else 0.5 * (values.max() or 1)  # half the colour scale
         for row in range(k):
             for col in range(k):
                 value = values[row, col]

@@ -223,6 +223,8 @@ def test_show_images_rgb_and_bad_input():
         plot.show_images(torch.rand(2, 8, 8, 3))
     with pytest.raises(InputShapeError, match="denormalize"):
         plot.show_images(torch.randn(2, 3, 8, 8) * 3)
+    with pytest.raises(UnknownNameError, match="not a matplotlib colour"):
+        plot.show_images(torch.rand(2, 1, 4, 4), titles=["a", "b"], colors=["red", "rouge"])
     with pytest.raises(InputShapeError, match="3 titles for 2 images"):
         plot.show_images(torch.rand(2, 1, 4, 4), titles=["a", "b", "c"])
 
@@ -389,6 +391,20 @@ class FakeHandle:
 
     def update(self, obj) -> None:
         self.updates.append(obj)
+
+
+def test_in_notebook_only_inside_a_kernel(monkeypatch):
+    import IPython
+
+    class TerminalShell:
+        pass
+
+    class KernelShell:
+        kernel = object()
+
+    for shell, expected in ((None, False), (TerminalShell(), False), (KernelShell(), True)):
+        monkeypatch.setattr(IPython, "get_ipython", lambda shell=shell: shell)
+        assert plot._in_notebook() is expected
 
 
 def test_live_plot_does_nothing_outside_jupyter(monkeypatch):
