@@ -36,7 +36,7 @@ lint: setup
 # Unit tests, the committed chapters, nbval (every chapter re-run in the smoke profile, deterministic
 # outputs compared with the stored ones) and the site in headless Chromium.
 test: setup data lint
-	D2LCNN_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest tests \
+	D2LCNN_PROFILE=smoke D2LCNN_PROGRESS=0 MPLBACKEND=Agg $(PY) -m pytest tests \
 		--nbval notebooks --sanitize-with notebooks/nbval_sanitize.cfg
 
 # Re-execute every chapter in place in the cpu profile (what the site shows); needs `make data`.

@@ -938,7 +938,9 @@ def fit(
             + (f", {world} processes" if world > 1 else "")
         )
     bar_cls = None
-    if progress and main_process:
+    # D2LCNN_PROGRESS=0 keeps the per-epoch lines but drops the live bar: notebooks executed
+    # headless for the website would otherwise store a frozen widget instead of a finished bar.
+    if progress and main_process and os.environ.get("D2LCNN_PROGRESS", "1") != "0":
         from tqdm.auto import tqdm as bar_cls
     plot = None
     if live_plot and main_process:

@@ -43,6 +43,7 @@ def execute(path: Path) -> float:
 def main() -> None:
     os.environ["D2LCNN_PROFILE"] = os.environ.get("D2LCNN_PROFILE", "cpu")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    os.environ.setdefault("D2LCNN_PROGRESS", "0")  # epoch lines, no live bar, in the stored outputs
     paths = [Path(p) for p in sys.argv[1:]] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     for path in paths:
         print(f"{path.name}: executing ({os.environ['D2LCNN_PROFILE']} profile) ...", flush=True)
