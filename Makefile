@@ -37,7 +37,7 @@ lint: setup
 # outputs compared with the stored ones) and the site in headless Chromium.
 test: setup data lint
 	D2LCNN_PROFILE=smoke D2LCNN_PROGRESS=0 MPLBACKEND=Agg $(PY) -m pytest tests \
-		--nbval notebooks --sanitize-with notebooks/nbval_sanitize.cfg
+		--nbval notebooks --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
 # Re-execute every chapter in place in the cpu profile (what the site shows); needs `make data`.
 notebooks: setup
