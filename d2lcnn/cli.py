@@ -182,6 +182,8 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
     from d2lcnn import data as datasets
     from d2lcnn.models import create
     from d2lcnn.recipes import recipe_for
@@ -211,6 +213,7 @@ def _train(args: argparse.Namespace) -> int:
         )  # fmt: skip
     options.setdefault("num_classes", len(data.classes))
     options.setdefault("in_channels", data.in_channels)
+    torch.manual_seed(args.seed)  # the initial weights too come from --seed
     model = create(args.model, **options)
     out = args.out or Path("runs") / f"{args.model}-{data.name}"
     if (out / "checkpoint.pt").exists() and not args.resume:
