@@ -43,5 +43,12 @@ test: setup data lint
 notebooks: setup
 	$(PY) scripts/execute_notebooks.py
 
+# Speed: d2l-style baseline against d2lcnn.fit, side by side (full mode wants a quiet machine).
+bench: setup
+	$(PY) bench/speed.py
+
+bench-quick: setup
+	$(PY) bench/speed.py --quick --out _build/speed-quick.md
+
 clean:
 	rm -rf _build .pytest_cache

@@ -1,0 +1,696 @@
+"""Speed bench: a faithful d2l training loop against `d2lcnn.fit`, side by side on the same data.
+
+    python bench/speed.py                         # full mode (~15 min on 2 quiet cores):
+                                                  # writes bench/results/speed.md
+    python bench/speed.py --only lenet,resnet18   # some of the models
+    python bench/speed.py --quick --out /tmp/speed.md   # a few steps on tiny subsets (CI)
+
+For each model the baseline (d2l 1.0.3's `train_ch6`: fp32, plain SGD, a torchvision DataLoader
+with per-sample PIL transforms and 4 workers, a host sync every step) and d2lcnn (`fit` with its
+defaults on a `DeviceLoader`) train the same architecture on the same images with the same batch
+size. LeNet trains for d2l's 10 epochs; AlexNet (Fashion-MNIST at 224 px) and ResNet-18 (CIFAR-10,
+CIFAR stem) for a fixed number of steps. LeNet also trains with each side's own recipe: d2l's
+sigmoid LeNet, and `python -m d2lcnn train --model lenet_modern --dataset fashion_mnist` run as a
+subprocess.
+
+Every configuration runs in its own subprocess (`--worker MODEL:SIDE`), so its peak memory
+(`ru_maxrss`) is its own. The bf16 matmul peak of the CPU is measured the same way, and the table
+reports each run's achieved GFLOP/s (3x the forward FLOPs of `d2lcnn.trace` per example) as a
+share of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from d2lcnn.errors import ConfigError, D2LCNNError, DataNotFoundError, unknown_name
+
+if TYPE_CHECKING:  # torch is imported where it is used, so errors in the arguments come fast
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = Path("bench/results/speed.md")
+MODELS = ("lenet", "alexnet", "resnet18")
+SIDES = ("baseline", "d2lcnn")
+COLUMNS = (
+    "Model", "Side", "Run", "Examples/s", "d2lcnn / baseline", "Time to acc", "Final acc",
+    "Peak RSS (MB)", "GFLOP/s", "% of bf16 peak",
+)  # fmt: skip
+D2L_WORKERS = 4  # d2l's get_dataloader_workers(), whatever the number of cores
+CLI_RECIPE = ["train", "--model", "lenet_modern", "--dataset", "fashion_mnist"]
+LENET_TARGET_ACC, LENET_TARGET_SECONDS = 0.90, 75.0
+SPEEDUP_TARGET, PEAK_SHARE_TARGET = 3.0, 0.40
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One model's benchmark: data, batch size, learning rates and how long each side trains."""
+
+    title: str
+    dataset: str
+    resize: int | None
+    batch_size: int
+    baseline_lr: float  # d2l's chapter
+    d2lcnn_lr: float  # fit's peak learning rate (the CLI recipe's, where the model has one)
+    epochs: int
+    steps: int | None  # a fixed number of optimizer steps; None: whole epochs
+    train_per_class: int | None = None  # class-balanced subsets (same images on both sides)
+    test_per_class: int | None = None
+
+
+FULL = {
+    # d2l's LeNet chapter. fit's Nesterov momentum 0.9 at lr 0.1 takes steps the size of plain
+    # SGD at lr 1 (lr / (1 - momentum)), close to d2l's 0.9.
+    "lenet": Workload("LeNet", "fashion_mnist", None, 256, 0.9, 0.1, epochs=10, steps=None),
+    "alexnet": Workload(
+        "AlexNet", "fashion_mnist", 224, 128, 0.01, 0.01, epochs=1, steps=40, test_per_class=200
+    ),
+    "resnet18": Workload(
+        "ResNet-18", "cifar10", None, 256, 0.05, 0.1, epochs=1, steps=30, test_per_class=200
+    ),
+}
+QUICK = {
+    "lenet": replace(FULL["lenet"], batch_size=32, epochs=2, train_per_class=10, test_per_class=5),
+    "alexnet": replace(FULL["alexnet"], batch_size=8, steps=2, train_per_class=2, test_per_class=1),
+    "resnet18": replace(FULL["resnet18"], batch_size=16, steps=2, train_per_class=4,
+                        test_per_class=2),
+}  # fmt: skip
+QUICK_CLI = ["--epochs", "2", "--train-per-class", "20", "--test-per-class", "5"]
+
+
+def workloads(quick: bool) -> dict[str, Workload]:
+    """The workloads of quick or full mode, by model name."""
+    return QUICK if quick else FULL
+
+
+# ----------------------------------------------------------------------------- the d2l baseline
+
+
+class Accumulator:
+    """d2l's Accumulator: sums over n variables; `float()` on each value is a host sync."""
+
+    def __init__(self, n: int) -> None:
+        self.data = [0.0] * n
+
+    def add(self, *args: float | torch.Tensor) -> None:
+        self.data = [a + float(b) for a, b in zip(self.data, args)]
+
+    def __getitem__(self, i: int) -> float:
+        return self.data[i]
+
+
+def d2l_accuracy(y_hat: torch.Tensor, y: torch.Tensor) -> float:
+    """d2l's accuracy: the number of correct predictions, as a Python float."""
+    cmp = y_hat.argmax(axis=1).type(y.dtype) == y
+    return float(cmp.type(y.dtype).sum())
+
+
+def d2l_evaluate_accuracy_gpu(net: nn.Module, data_iter: DataLoader, device: torch.device) -> float:
+    """d2l's evaluate_accuracy_gpu."""
+    import torch
+
+    net.eval()
+    metric = Accumulator(2)
+    with torch.no_grad():
+        for X, y in data_iter:
+            X, y = X.to(device), y.to(device)
+            metric.add(d2l_accuracy(net(X), y), y.numel())
+    return metric[0] / metric[1]
+
+
+def d2l_init_weights(m: nn.Module) -> None:
+    """d2l's init_weights from train_ch6: Xavier-uniform weights for linear and conv layers."""
+    from torch import nn
+
+    if type(m) in (nn.Linear, nn.Conv2d):
+        nn.init.xavier_uniform_(m.weight)
+
+
+def d2l_train_ch6(
+    net: nn.Module,
+    train_iter: DataLoader,
+    test_iter: DataLoader,
+    num_epochs: int,
+    lr: float,
+    device: torch.device,
+    max_steps: int | None = None,
+) -> dict:
+    """d2l's train_ch6 without its live plot, timed; stops after `max_steps` steps if given.
+
+    Returns the examples and seconds of training (data loading included) and, per epoch, the
+    cumulative wall-clock seconds (evaluation included) and the test accuracy.
+    """
+    import torch
+    from torch import nn
+
+    net.apply(d2l_init_weights)
+    net.to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    loss = nn.CrossEntropyLoss()
+    steps, examples, train_seconds, elapsed, curve = 0, 0, 0.0, 0.0, []
+    for _ in range(num_epochs):
+        start = time.perf_counter()
+        metric = Accumulator(3)
+        net.train()
+        for X, y in train_iter:
+            optimizer.zero_grad()
+            X, y = X.to(device), y.to(device)
+            y_hat = net(X)
+            l = loss(y_hat, y)  # noqa: E741  (d2l's name)
+            l.backward()
+            optimizer.step()
+            with torch.no_grad():
+                metric.add(l * X.shape[0], d2l_accuracy(y_hat, y), X.shape[0])
+            steps += 1
+            if steps == max_steps:
+                break
+        if not math.isfinite(metric[0]):
+            raise ConfigError(f"The baseline's loss became {metric[0]} at lr {lr}: lower it.")
+        examples += int(metric[2])
+        train_seconds += time.perf_counter() - start
+        test_acc = d2l_evaluate_accuracy_gpu(net, test_iter, device)
+        elapsed += time.perf_counter() - start
+        curve.append((elapsed, test_acc))
+        if steps == max_steps:
+            break
+    return {"steps": steps, "examples": examples, "train_seconds": train_seconds, "curve": curve}
+
+
+class PILArrays:
+    """uint8 NHWC arrays as (transformed PIL image, label) pairs, as torchvision's CIFAR10 gives."""
+
+    def __init__(self, images, labels, transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def d2l_datasets(work: Workload) -> tuple[Dataset, Dataset]:
+    """Train and test datasets with d2l's per-sample transforms: Resize (if any), ToTensor."""
+    import torchvision
+    from torch.utils.data import Subset
+    from torchvision import transforms
+
+    from d2lcnn.data import balanced_subset, data_root, load_arrays
+
+    trans = [transforms.ToTensor()]
+    if work.resize:
+        trans.insert(0, transforms.Resize(work.resize))
+    trans = transforms.Compose(trans)
+    if work.dataset == "fashion_mnist":
+        try:
+            train, test = (
+                torchvision.datasets.FashionMNIST(str(data_root()), train=split, transform=trans)
+                for split in (True, False)
+            )
+        except RuntimeError:
+            raise DataNotFoundError(
+                "The baseline reads Fashion-MNIST through torchvision, which needs the four "
+                "uncompressed idx files in <data root>/FashionMNIST/raw. Unpack them with "
+                "`python -m d2lcnn data import /usr/share/datasets/fashion-mnist`."
+            ) from None
+        train_labels, test_labels = train.targets.numpy(), test.targets.numpy()
+    else:  # torchvision's CIFAR10 layout is not here: the same arrays through the same transforms
+        arrays = load_arrays(work.dataset)
+        train = PILArrays(arrays.train_images, arrays.train_labels, trans)
+        test = PILArrays(arrays.test_images, arrays.test_labels, trans)
+        train_labels, test_labels = arrays.train_labels, arrays.test_labels
+    # The subsets d2lcnn.data.load(train_per_class=..., seed=0) takes, so both sides see the same.
+    if work.train_per_class:
+        train = Subset(train, balanced_subset(train_labels, work.train_per_class, seed=0).tolist())
+    if work.test_per_class:
+        test = Subset(test, balanced_subset(test_labels, work.test_per_class, seed=0).tolist())
+    return train, test
+
+
+def build_model(name: str) -> nn.Module:
+    """The architecture both sides train: d2l's LeNet and AlexNet, ResNet-18 with the CIFAR stem.
+
+    Seeded, so both sides build the same weights, and both then draw d2l's Xavier init from the
+    same random state: the two sides start from identical weights.
+    """
+    import torch
+    from torch import nn
+
+    from d2lcnn.models import LeNet, create
+
+    torch.manual_seed(0)
+    if name == "lenet":
+        model = LeNet(activation=nn.Sigmoid)  # average pooling is LeNet's default
+        model.name = "lenet (d2l: sigmoid)"
+        return model
+    if name == "alexnet":
+        return create("alexnet", in_channels=1)
+    return create("resnet18", stem="cifar")
+
+
+def run_baseline(name: str, work: Workload) -> dict:
+    """Train `name` with the d2l loop and data pipeline; what it measured."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    train, test = d2l_datasets(work)
+    train_iter = DataLoader(train, work.batch_size, shuffle=True, num_workers=D2L_WORKERS)
+    test_iter = DataLoader(test, work.batch_size, shuffle=False, num_workers=D2L_WORKERS)
+    epochs = work.epochs if work.steps is None else math.ceil(work.steps / len(train_iter))
+    result = d2l_train_ch6(
+        build_model(name), train_iter, test_iter, epochs, work.baseline_lr, torch.device("cpu"),
+        max_steps=work.steps,
+    )  # fmt: skip
+    length = f"{work.epochs} epochs" if work.steps is None else f"{result['steps']} steps"
+    result["run"] = (
+        f"d2l train_ch6: fp32, SGD lr {work.baseline_lr:g}; DataLoader "
+        f"({D2L_WORKERS} workers, PIL {'Resize, ' if work.resize else ''}ToTensor); "
+        f"{length} of {work.batch_size}"
+    )
+    return result
+
+
+# ----------------------------------------------------------------------------- the d2lcnn side
+
+
+def run_d2lcnn(name: str, work: Workload) -> dict:
+    """Train `name` with `fit` defaults on `d2lcnn.data.load`; what it measured."""
+    from d2lcnn.data import load
+    from d2lcnn.train import fit
+
+    data = load(
+        work.dataset, batch_size=work.batch_size, resize=work.resize, seed=0,
+        train_per_class=work.train_per_class, test_per_class=work.test_per_class,
+    )  # fmt: skip
+    steps_per_epoch = len(data.train)
+    epochs = work.epochs if work.steps is None else math.ceil(work.steps / steps_per_epoch)
+    model = build_model(name)
+    model.apply(d2l_init_weights)  # the weights d2l_train_ch6 starts the baseline from
+    history = fit(
+        model, data, epochs=epochs, lr=work.d2lcnn_lr, max_steps=work.steps,
+        progress=False, log=None,
+    )  # fmt: skip
+    total_steps = epochs * steps_per_epoch
+    if work.steps is not None:
+        total_steps = min(total_steps, work.steps)
+    examples, train_seconds, curve = 0, 0.0, []
+    for epoch in history.epochs:
+        steps = min(steps_per_epoch, total_steps - (epoch.epoch - 1) * steps_per_epoch)
+        count = min(steps * work.batch_size, data.train.num_examples)  # full batches (drop_last)
+        examples += count
+        train_seconds += count / epoch.examples_per_s  # fit's examples_per_s is count / seconds
+        elapsed = (curve[-1][0] if curve else 0.0) + epoch.seconds
+        curve.append((elapsed, epoch.test_acc))
+    config = history.config
+    layout = ", channels_last" if config["channels_last"] else ""
+    length = f"{len(history.epochs)} epochs" if work.steps is None else f"{total_steps} steps"
+    run = (
+        f"fit defaults: {config['precision']}{layout}, SGD Nesterov lr {work.d2lcnn_lr:g}, "
+        f"onecycle, wd {config['weight_decay']:g}; DeviceLoader; {length} of {work.batch_size}"
+    )
+    return {
+        "steps": total_steps, "examples": examples, "train_seconds": train_seconds,
+        "curve": curve, "run": run,
+    }  # fmt: skip
+
+
+def run_cli_recipe(quick: bool) -> dict:
+    """`python -m d2lcnn train --model lenet_modern --dataset fashion_mnist` as a user runs it.
+
+    This process imports no torch: the command's peak memory (RUSAGE_CHILDREN) is its own, not
+    inflated by the pages of a big parent it was forked from.
+    """
+    with tempfile.TemporaryDirectory(prefix="d2lcnn-bench-") as tmp:
+        out = Path(tmp) / "run"
+        args = [*CLI_RECIPE, *(QUICK_CLI if quick else []), "--quiet", "--no-plots"]
+        args += ["--out", str(out)]
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "d2lcnn", *args], cwd=tmp, capture_output=True, text=True
+        )
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            raise ConfigError(f"`d2lcnn {' '.join(CLI_RECIPE)}` failed: {_tail(done.stderr)}")
+        epochs = json.loads((out / "history.json").read_text())["epochs"]
+    elapsed, curve = 0.0, []
+    for epoch in epochs:
+        elapsed += epoch["seconds"]
+        curve.append((elapsed, epoch["test_acc"]))
+    return {
+        "run": f"`python -m d2lcnn {' '.join(CLI_RECIPE + (QUICK_CLI if quick else []))}`",
+        "epochs": len(epochs), "curve": curve, "command_seconds": seconds,
+    }  # fmt: skip
+
+
+def measure_bf16_peak(quick: bool) -> dict:
+    """GFLOP/s of a square bf16 matmul loop with one torch thread per core (best of 3 windows)."""
+    import torch
+
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(threads)
+    n, window = (2048, 0.2) if quick else (4096, 1.0)
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    out = a @ b  # warm-up: oneDNN picks and compiles its kernel
+    best = 0.0
+    for _ in range(3):
+        count, start = 0, time.perf_counter()
+        while (seconds := time.perf_counter() - start) < window or count == 0:
+            torch.mm(a, b, out=out)
+            count += 1
+        best = max(best, 2 * n**3 * count / seconds / 1e9)
+    return {"gflops": best, "size": n, "threads": threads, "torch": str(torch.__version__)}
+
+
+def forward_flops(name: str, work: Workload) -> int:
+    """FLOPs of one forward pass of one example (a multiply-add counts 2)."""
+    from d2lcnn.trace import trace
+
+    model = build_model(name)
+    side = work.resize or {"fashion_mnist": 28, "cifar10": 32}[work.dataset]
+    return trace(model, (model.in_channels, side, side)).total_flops
+
+
+def worker(task: str, result_path: Path, quick: bool) -> int:
+    """Run one configuration in this process and write what it measured to `result_path`."""
+    try:
+        name, side = task.split(":")
+        if side == "peak":
+            result = measure_bf16_peak(quick)
+        elif side == "recipe":
+            result = run_cli_recipe(quick)
+        else:
+            work = workloads(quick)[name]
+            result = run_baseline(name, work) if side == "baseline" else run_d2lcnn(name, work)
+            result["fwd_flops"] = forward_flops(name, work)
+        # Children: DataLoader workers, or the d2lcnn command. `import torch` also runs
+        # `ldconfig -p`, whose ru_maxrss counts the pages of the process it was forked from:
+        # a run without workers has no children worth reporting.
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
+        result["children_rss_mb"] = children / 1024 if side in ("baseline", "recipe") else 0.0
+    except D2LCNNError as err:
+        result = {"error": str(err)}
+    _atomic_write(result_path, json.dumps(result))
+    return 2 if "error" in result else 0
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def run_task(task: str, quick: bool) -> tuple[dict, float]:
+    """Run `task` ("model:side") in a fresh subprocess; its result and wall-clock seconds."""
+    with tempfile.TemporaryDirectory(prefix="d2lcnn-bench-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", task,
+                   "--result", str(result_path), *(["--quick"] if quick else [])]  # fmt: skip
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=tmp, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if not result_path.is_file():
+            why = _tail(done.stderr)
+            raise D2LCNNError(f"The {task} run crashed (exit code {done.returncode}): {why}")
+        result = json.loads(result_path.read_text())
+    if "error" in result:
+        raise D2LCNNError(f"The {task} run failed: {result['error']}")
+    return result, seconds
+
+
+def _tail(text: str, lines: int = 8) -> str:
+    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
+    return "\n".join(kept) or "(no output)"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def time_to(curve: list, acc: float) -> float | None:
+    """Cumulative seconds at the first evaluation with accuracy >= `acc`, or None."""
+    return next((t for t, a in curve if a is not None and a >= acc - 1e-9), None)
+
+
+def common_threshold(*curves: list) -> float:
+    """The highest whole percentage every curve reaches."""
+    best = min(max((a for _, a in c if a is not None), default=0.0) for c in curves)
+    return math.floor(best * 100 + 1e-6) / 100
+
+
+def machine() -> str:
+    """CPU model and core count."""
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def git_commit() -> str:
+    """Short hash of HEAD, "+dirty" if the working tree differs from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+dirty" if dirty else "")
+
+
+def _pct(acc: float | None) -> str:
+    return "—" if acc is None else f"{acc:.1%}"
+
+
+def _secs(seconds: float | None) -> str:
+    return "not reached" if seconds is None else f"{seconds:.1f} s"
+
+
+def _rss(result: dict) -> str:
+    text = f"{result['rss_mb']:,.0f}"
+    if result["children_rss_mb"] >= 1:
+        text += f" (workers {result['children_rss_mb']:,.0f})"
+    return text
+
+
+def render(results: dict, peak: dict, meta: dict, quick: bool, names: list[str]) -> str:
+    """The markdown page: metadata, the side-by-side table, LeNet's own recipes and the targets."""
+    lines = ["<!-- Written by bench/speed.py; rerun it instead of editing. -->", ""]
+    if quick:
+        lines += ["**Quick mode**: a few steps on tiny subsets. The numbers are meaningless; this "
+                  "run only checks that the bench works.", ""]  # fmt: skip
+    lines += [
+        f"- Date: {meta['date']}",
+        f"- Machine: {meta['machine']}, torch {peak['torch']}",
+        f"- Commit: {meta['commit']}",
+        f"- bf16 matmul peak: {peak['gflops']:,.0f} GFLOP/s ({peak['size']}x{peak['size']} "
+        f"torch.mm, {peak['threads']} threads)",
+        f"- Command: `{meta['command']}`",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * 2 + ["---"] + ["---:"] * 4) + "|",
+    ]
+    summary = {}
+    for name in names:
+        base, ours = results[name]["baseline"], results[name]["d2lcnn"]
+        threshold = common_threshold(base["curve"], ours["curve"])
+        for side, r in (("baseline", base), ("d2lcnn", ours)):
+            r["examples_per_s"] = r["examples"] / r["train_seconds"]
+            r["gflops"] = 3 * r["fwd_flops"] * r["examples_per_s"] / 1e9
+            r["final_acc"] = r["curve"][-1][1]
+            ratio = r["examples_per_s"] / base["examples_per_s"]
+            cells = [
+                workloads(quick)[name].title, side, r["run"], f"{r['examples_per_s']:,.1f}",
+                f"{ratio:.2f}", f"{_secs(time_to(r['curve'], threshold))} to {threshold:.0%}",
+                _pct(r["final_acc"]), _rss(r), f"{r['gflops']:,.1f}",
+                f"{r['gflops'] / peak['gflops']:.1%}",
+            ]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        summary[name] = (ours["examples_per_s"] / base["examples_per_s"], base, ours)
+    lines += [
+        "",
+        "Examples/s: training examples per second of wall-clock, data loading included, "
+        "evaluation excluded. Time to acc: cumulative wall-clock (evaluation included) until the "
+        "test accuracy first reached the highest whole percentage both sides reach; runs of a "
+        "fixed number of steps are evaluated once, at the end. GFLOP/s: 3 x forward FLOPs per "
+        "example (`d2lcnn.trace`) x examples/s. Peak RSS: `ru_maxrss` of the run's own process "
+        "(and of its largest DataLoader worker; a forked worker starts with its parent's pages, "
+        "so the two do not add up). Both sides train the same architecture from the same initial "
+        "weights (d2l's Xavier init) on the same images with the same batch size.",
+    ]
+
+    recipe = results.get("lenet", {}).get("recipe")
+    if recipe is not None:
+        base = results["lenet"]["baseline"]
+        threshold = common_threshold(base["curve"], recipe["curve"])
+        lines += [
+            "",
+            "LeNet on Fashion-MNIST, each side with its own recipe:",
+            "",
+            f"| Side | Recipe | Epochs | Final acc | Time to {LENET_TARGET_ACC:.0%} | "
+            f"Time to {threshold:.0%} | Training (s) | Peak RSS (MB) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+            f"| baseline | d2l's LeNet (sigmoid, average pooling): {base['run']} | "
+            f"{len(base['curve'])} | {_pct(base['curve'][-1][1])} | "
+            f"{_secs(time_to(base['curve'], LENET_TARGET_ACC))} | "
+            f"{_secs(time_to(base['curve'], threshold))} | {base['curve'][-1][0]:.1f} | "
+            f"{_rss(base)} |",
+            f"| d2lcnn | {recipe['run']} (CLI default recipe) | {recipe['epochs']} | "
+            f"{_pct(recipe['curve'][-1][1])} | "
+            f"{_secs(time_to(recipe['curve'], LENET_TARGET_ACC))} | "
+            f"{_secs(time_to(recipe['curve'], threshold))} | {recipe['curve'][-1][0]:.1f} | "
+            f"{recipe['children_rss_mb']:,.0f} |",
+            "",
+            f"Training (s): the epochs' wall-clock, evaluation included. The whole d2lcnn command "
+            f"(start-up, data loading, checkpoints) took {recipe['command_seconds']:.1f} s.",
+        ]  # fmt: skip
+
+    lines += ["", "Targets:", "", "| Target | Measured | Met |", "|---|---|---|"]
+
+    def verdict(ok: bool) -> str:
+        return "— (quick mode)" if quick else ("yes" if ok else "**no**")
+
+    for name in names:
+        ratio, base, ours = summary[name]
+        title = workloads(quick)[name].title
+        ok = ratio >= SPEEDUP_TARGET and ours["final_acc"] >= base["final_acc"]
+        lines.append(
+            f"| {title}: d2lcnn >= {SPEEDUP_TARGET:g}x the baseline's examples/s at equal or "
+            f"better accuracy | {ratio:.2f}x; accuracy {_pct(ours['final_acc'])} vs "
+            f"{_pct(base['final_acc'])} | {verdict(ok)} |"
+        )
+    if recipe is not None:
+        reached = time_to(recipe["curve"], LENET_TARGET_ACC)
+        ok = reached is not None and reached <= LENET_TARGET_SECONDS
+        lines.append(
+            f"| lenet_modern (CLI default recipe) >= {LENET_TARGET_ACC:.0%} test accuracy within "
+            f"{LENET_TARGET_SECONDS:.0f} s | {_secs(reached)} of training (final "
+            f"{_pct(recipe['curve'][-1][1])}); whole command {recipe['command_seconds']:.1f} s "
+            f"| {verdict(ok)} |"
+        )
+    if "resnet18" in summary:
+        ours = summary["resnet18"][2]
+        share = ours["gflops"] / peak["gflops"]
+        lines.append(
+            f"| ResNet-18 (CIFAR stem) training >= {PEAK_SHARE_TARGET:.0%} of the bf16 matmul peak "
+            f"| {share:.1%} ({ours['gflops']:,.0f} of {peak['gflops']:,.0f} GFLOP/s, data "
+            f"included) | {verdict(share >= PEAK_SHARE_TARGET)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_only(text: str | None) -> list[str]:
+    """The models named in --only (all by default), in the table's order."""
+    if text is None:
+        return list(MODELS)
+    asked = [part.strip() for part in text.split(",") if part.strip()]
+    if not asked:
+        raise ConfigError(f"--only needs model names separated by commas: {', '.join(MODELS)}.")
+    for name in asked:
+        if name not in MODELS:
+            raise unknown_name("model", name, MODELS)
+    return [name for name in MODELS if name in asked]
+
+
+def bench(names: list[str], quick: bool, out: Path | None, label: str, command: str) -> str:
+    """Run every configuration of `names`, print progress and the table, write it to `out`
+    (shown as `label`) if given."""
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "commit": git_commit(),
+        "command": command,
+    }
+    print("measuring the bf16 matmul peak...", flush=True)
+    peak, _ = run_task("peak:peak", quick)
+    print(f"  {peak['gflops']:,.0f} GFLOP/s", flush=True)
+    results: dict[str, dict] = {}
+    for name in names:
+        sides = [*SIDES, "recipe"] if name == "lenet" else list(SIDES)
+        for side in sides:
+            print(f"{name} {side}...", flush=True)
+            result, seconds = run_task(f"{name}:{side}", quick)
+            results.setdefault(name, {})[side] = result
+            line = f"  test acc {_pct(result['curve'][-1][1])}"
+            if "examples" in result:
+                line += f", {result['examples'] / result['train_seconds']:,.1f} ex/s"
+            print(f"{line} ({seconds:.0f} s in all)", flush=True)
+    table = render(results, peak, meta, quick, names)
+    print()
+    print(table)
+    if out is not None:
+        _atomic_write(out, table)
+        print(f"Wrote {label}")
+    else:
+        print("Quick mode: the table was not written (give --out PATH to write it).")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; the exit code (2, with one clear message, on bad input or a failed run)."""
+    parser = argparse.ArgumentParser(
+        prog="bench/speed.py", description="d2l's training loop against d2lcnn.fit, side by side."
+    )
+    parser.add_argument("--quick", action="store_true", help="a few steps on tiny subsets (CI)")
+    parser.add_argument("--only", help=f"comma-separated models among {', '.join(MODELS)}")
+    parser.add_argument("--out", type=Path, help=f"markdown file to write (default {DEFAULT_OUT})")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args.worker, args.result, args.quick)
+    try:
+        names = parse_only(args.only)
+        out = args.out
+        if args.quick and out is not None and out.resolve() == (REPO / DEFAULT_OUT).resolve():
+            raise ConfigError(
+                f"--quick would overwrite the full-mode table {DEFAULT_OUT} with meaningless "
+                "numbers: give another --out (e.g. in /tmp)."
+            )
+        label = str(DEFAULT_OUT if out is None else out.name if out.is_absolute() else out)
+        if out is None and not args.quick:
+            out = REPO / DEFAULT_OUT
+        command = "python bench/speed.py"  # without --out: the table shows no path of this machine
+        command += " --quick" if args.quick else ""
+        command += f" --only {','.join(names)}" if args.only else ""
+        bench(names, args.quick, out, label, command)
+    except D2LCNNError as err:
+        print(f"speed.py: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("speed.py: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""bench/speed.py end to end in quick mode: it completes and writes a well-formed markdown table.
+
+Quick mode trains a few steps on tiny subsets, so only the table's form is checked, never a speed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from d2lcnn.data import data_root
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "speed.py"
+COLUMNS = [
+    "Model", "Side", "Run", "Examples/s", "d2lcnn / baseline", "Time to acc", "Final acc",
+    "Peak RSS (MB)", "GFLOP/s", "% of bf16 peak",
+]  # fmt: skip
+MODELS = ("LeNet", "AlexNet", "ResNet-18")
+ROWS = [(model, side) for model in MODELS for side in ("baseline", "d2lcnn")]
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")  # fmt: skip
+
+
+def missing_data() -> list[str]:
+    """What the bench needs from the data root and does not find there."""
+    root = data_root()
+    missing = []
+    if not all((root / "FashionMNIST" / "raw" / f).is_file() for f in IDX_FILES):
+        missing.append("FashionMNIST/raw (unpacked idx files, read by torchvision)")
+    if not ((root / "cifar10.npz").exists() or (root / "cifar-10-batches-py").is_dir()):
+        missing.append("cifar10.npz")
+    return missing
+
+
+def run_bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def table(text: str, header_start: str) -> list[list[str]]:
+    """The rows (header first, separator dropped) of the markdown table whose header starts so."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    assert all(re.fullmatch(r":?-{3,}:?", cell) for cell in rows[1]), rows[1]
+    return [rows[0], *rows[2:]]
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", "").rstrip("%"))
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, str, Path]:
+    missing = missing_data()
+    if missing:
+        pytest.skip(
+            f"the data root lacks {', '.join(missing)}: run `make data` (or `python -m d2lcnn data "
+            "import ../shared/data /usr/share/datasets/fashion-mnist`)"
+        )
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "speed.md"
+    result = run_bench("--quick", "--out", str(out), cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, out.read_text(), tmp
+
+
+def test_quick_bench_writes_one_row_per_model_and_side(quick_run):
+    _, text, _ = quick_run
+    header, *rows = table(text, "| Model |")
+    assert header == COLUMNS
+    assert [(row[0], row[1]) for row in rows] == ROWS
+    for row in rows:
+        cells = dict(zip(header, row))
+        assert number(cells["Examples/s"]) > 0
+        ratio = number(cells["d2lcnn / baseline"])
+        assert ratio > 0
+        if cells["Side"] == "baseline":
+            assert ratio == 1.0
+        assert 0 <= number(cells["Final acc"]) <= 100
+        assert number(cells["GFLOP/s"]) >= 0
+        assert 0 <= number(cells["% of bf16 peak"]) <= 100
+        assert re.fullmatch(r"[\d,]+( \(workers [\d,]+\))?", cells["Peak RSS (MB)"])
+        assert re.fullmatch(r"([\d.]+ s|not reached) to \d+%", cells["Time to acc"])
+    # The ratio is the d2lcnn row's examples/s over its baseline's (both printed to 0.1).
+    for base, ours in zip(rows[::2], rows[1::2]):
+        low = (number(ours[3]) - 0.05) / (number(base[3]) + 0.05)
+        high = (number(ours[3]) + 0.05) / max(number(base[3]) - 0.05, 1e-9)
+        assert low - 0.005 <= number(ours[4]) <= high + 0.005, (base, ours)
+
+
+def test_quick_table_has_metadata_recipes_and_targets(quick_run):
+    result, text, tmp = quick_run
+    assert "**Quick mode**" in text and "meaningless" in text
+    assert re.search(r"^- Date: \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC$", text, re.M)
+    assert re.search(r"^- Machine: .+, \d+ cores, torch \d+\.\d+", text, re.M)
+    assert re.search(r"^- Commit: ([0-9a-f]{7,}(\+dirty)?|unknown .*)$", text, re.M)
+    assert re.search(r"^- bf16 matmul peak: [\d,]+ GFLOP/s", text, re.M)
+    assert re.search(r"^- Command: `python bench/speed.py --quick`$", text, re.M)
+
+    header, *rows = table(text, "| Side | Recipe |")
+    assert [row[0] for row in rows] == ["baseline", "d2lcnn"]
+    assert "python -m d2lcnn train --model lenet_modern --dataset fashion_mnist" in rows[1][1]
+
+    header, *rows = table(text, "| Target |")
+    assert header == ["Target", "Measured", "Met"]
+    assert len(rows) == 5  # three speed-ups, LeNet's 90% in 75 s, ResNet-18's share of the peak
+    assert all(row[2] == "— (quick mode)" for row in rows)
+
+    # The printed table is the written one, and neither shows a path of this machine.
+    assert text in result.stdout
+    for shown in (text, result.stdout):
+        assert str(tmp) not in shown and str(Path.home()) not in shown
+
+
+def test_quick_mode_never_overwrites_the_full_table(tmp_path):
+    full = ROOT / "bench" / "results" / "speed.md"
+    before = full.read_bytes() if full.exists() else None
+    result = run_bench("--quick", "--out", "bench/results/speed.md", cwd=ROOT)
+    assert result.returncode == 2
+    assert "--quick would overwrite the full-mode table" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (full.read_bytes() if full.exists() else None) == before
+
+
+def test_unknown_model_is_one_clear_error(tmp_path):
+    out = tmp_path / "t.md"
+    result = run_bench("--quick", "--only", "lenet,resnet", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Unknown model 'resnet'. Did you mean 'resnet18'?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
