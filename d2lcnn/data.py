@@ -23,7 +23,6 @@ import math
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import CorruptDataError, D2LCNNError, DataNotFoundError, unknown_name
+from .files import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -605,7 +605,7 @@ def _import_npz(source: Path, root: Path) -> str:
         return f"{source.name}: linked into the data root"
     except OSError:  # e.g. Windows without the right to make links
         with open(source, "rb") as src:
-            _atomic_write(target, lambda dst: _copy_stream(src, dst))
+            atomic_write(target, lambda dst: _copy_stream(src, dst))
         return f"{source.name}: copied into the data root"
 
 
@@ -641,7 +641,7 @@ def _import_idx(source: Path, files: dict[str, Path], root: Path, as_name: str |
         if target.exists():
             (same if target.read_bytes() == data else kept).append(file)
             continue
-        _atomic_write(target, lambda f, data=data: f.write(data))
+        atomic_write(target, lambda f, data=data: f.write(data))
         written.append(file)
     parts = []
     if written:
@@ -673,21 +673,6 @@ def _sha256(path: Path) -> str:
 def _copy_stream(src: BinaryIO, dst: BinaryIO) -> None:
     while chunk := src.read(1 << 20):
         dst.write(chunk)
-
-
-def _atomic_write(target: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Write through a temporary file in the same folder, so `target` is never half-written."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def balanced_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:

@@ -32,67 +32,31 @@ class Recipe:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+# The first source trains VGG-11 on CIFAR-10; d2lcnn uses the small-image head and half width.
+_VGG_CIFAR = Recipe(
+    "cifar10", epochs=15, lr=0.05, augment=True, label_smoothing=0.1,
+    model_options={"head": "cifar", "batch_norm": True, "width": 0.5},
+)  # fmt: skip
+# The first source's ResNet-18 on CIFAR-10, with the CIFAR stem.
+_RESNET_CIFAR = Recipe(
+    "cifar10", epochs=15, lr=0.1, augment=True, label_smoothing=0.1, model_options={"stem": "cifar"}
+)
+
 RECIPES: dict[str, Recipe] = {
     # The source's LeNet: Tanh + average pooling, SGD.
     "lenet": Recipe("mnist", epochs=10, lr=0.1, batch_size=128, weight_decay=0.0),
-    # ReLU + max pool + batch norm: >= 90% on Fashion-MNIST in about a minute on 2 CPU cores.
+    # ReLU + max pool + batch norm, for Fashion-MNIST (bench/speed.py times it).
     "lenet_modern": Recipe("fashion_mnist", epochs=8, lr=0.2, batch_size=128, label_smoothing=0.1),
     # d2l's AlexNet chapter: Fashion-MNIST resized to 224.
     "alexnet": Recipe("fashion_mnist", epochs=10, lr=0.01, batch_size=128, resize=224),
     # The second source trains on STL-10 at 227 px.
     "alexnet_paper": Recipe("stl10", epochs=30, lr=0.01, batch_size=128, resize=227, augment=True),
-    # The first source's VGG-11 on CIFAR-10, with the small-image head.
-    "vgg11": Recipe(
-        "cifar10",
-        epochs=15,
-        lr=0.05,
-        augment=True,
-        label_smoothing=0.1,
-        model_options={"head": "cifar", "batch_norm": True, "width": 0.5},
-    ),  # fmt: skip
-    "vgg13": Recipe(
-        "cifar10",
-        epochs=15,
-        lr=0.05,
-        augment=True,
-        label_smoothing=0.1,
-        model_options={"head": "cifar", "batch_norm": True, "width": 0.5},
-    ),  # fmt: skip
-    "vgg16": Recipe(
-        "cifar10",
-        epochs=20,
-        lr=0.05,
-        augment=True,
-        label_smoothing=0.1,
-        model_options={"head": "cifar", "batch_norm": True, "width": 0.5},
-    ),  # fmt: skip
-    "vgg19": Recipe(
-        "cifar10",
-        epochs=20,
-        lr=0.05,
-        augment=True,
-        label_smoothing=0.1,
-        model_options={"head": "cifar", "batch_norm": True, "width": 0.5},
-    ),  # fmt: skip
-    # The first source's ResNet-18 on CIFAR-10, with the CIFAR stem.
-    "resnet18": Recipe(
-        "cifar10",
-        epochs=15,
-        lr=0.1,
-        batch_size=256,
-        augment=True,
-        label_smoothing=0.1,
-        model_options={"stem": "cifar"},
-    ),  # fmt: skip
-    "resnet34": Recipe(
-        "cifar10",
-        epochs=15,
-        lr=0.1,
-        batch_size=256,
-        augment=True,
-        label_smoothing=0.1,
-        model_options={"stem": "cifar"},
-    ),  # fmt: skip
+    "vgg11": _VGG_CIFAR,
+    "vgg13": _VGG_CIFAR,
+    "vgg16": replace(_VGG_CIFAR, epochs=20),
+    "vgg19": replace(_VGG_CIFAR, epochs=20),
+    "resnet18": _RESNET_CIFAR,
+    "resnet34": _RESNET_CIFAR,
 }
 
 

@@ -21,7 +21,6 @@ import math
 import os
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -38,6 +37,7 @@ from d2lcnn.errors import (
     TrainingDivergedError,
     unknown_name,
 )
+from d2lcnn.files import atomic_write
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -112,7 +112,7 @@ class History:
     def to_json(self, path: str | Path) -> None:
         """Write the history as JSON, atomically (a crash never leaves half a file)."""
         text = json.dumps(self.as_dict(), indent=1)
-        _atomic_write(Path(path), lambda f: f.write(text.encode()))
+        atomic_write(Path(path), lambda f: f.write(text.encode()))
 
     @classmethod
     def from_json(cls, path: str | Path) -> History:
@@ -424,22 +424,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Write through `write(file)` to a temp file next to `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -489,7 +473,7 @@ def save_checkpoint(
         "history": None if history is None else history.as_dict(),
         "extra": extra,
     }
-    _atomic_write(Path(path), lambda f: torch.save(state, f))
+    atomic_write(Path(path), lambda f: torch.save(state, f))
 
 
 def _read_checkpoint(path: Path) -> dict:

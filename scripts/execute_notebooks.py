@@ -17,6 +17,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from d2lcnn.files import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:work|root|home|tmp|usr|opt|Users|private)/[\w./-]+")
 
@@ -34,9 +36,7 @@ def execute(path: Path) -> float:
     )
     if leaked:
         raise SystemExit(f"{path.name}: an output shows the path {leaked.group(0)!r}; not written")
-    tmp = path.with_suffix(".ipynb.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode()))
     return seconds
 
 
