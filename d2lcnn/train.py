@@ -580,6 +580,16 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
+def _keep_frozen_norms_in_eval(model: nn.Module) -> None:
+    # A frozen backbone must not change at all: batch norm layers whose parameters are frozen
+    # keep their running statistics (eval mode) instead of updating them on the new data.
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
 def _make_optimizer(
     model: nn.Module,
     name: str,
@@ -815,7 +825,8 @@ def fit(
       `resume=True`, never overwritten; a finished run resumes to its stored History at once.
     - max_steps: stop after that many optimizer steps in all (the schedule is shortened to match).
     - lr_scale: learning-rate multipliers by module name, e.g. {"fc": 10.0} trains a new head ten
-      times faster than a pretrained backbone. Frozen parameters (requires_grad False) are skipped.
+      times faster than a pretrained backbone. Frozen parameters (requires_grad False) are skipped,
+      and batch norm layers whose parameters are frozen stay in eval mode (their statistics too).
     - progress: a progress bar per epoch and one summary line per epoch through `log`;
       progress=False is silent. live_plot: a figure updated after every epoch.
 
@@ -947,6 +958,7 @@ def fit(
             if bar_cls is not None:
                 bar = bar_cls(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
             train_model.train()
+            _keep_frozen_norms_in_eval(model)
             t0 = last_postfix = time.perf_counter()
             sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, examples
             last_lr = opt.param_groups[0]["lr"]

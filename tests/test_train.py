@@ -747,3 +747,20 @@ def test_progress_env_switch_drops_the_bar_but_keeps_epoch_lines(monkeypatch, ca
     train.fit(model, data, epochs=2, lr=0.1, log=lines.append, precision="fp32")
     assert not made
     assert len([line for line in lines if line.startswith("epoch ")]) == 2
+
+
+def test_a_frozen_backbone_keeps_its_batch_norm_statistics():
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+    model = nn.Sequential(backbone, nn.Flatten(), nn.Linear(4, 2))
+    backbone.requires_grad_(False)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    head_before = model[2].weight.detach().clone()
+    x = torch.randn(32, 1, 6, 6) * 3 + 1
+    y = (x.mean((1, 2, 3)) > 1).long()
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)]
+    data = SimpleNamespace(train=batches, test=batches, name="toy")
+    train.fit(model, data, epochs=2, lr=0.1, log=None, precision="fp32")
+    after = backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "running stats must not move"
+    assert not torch.equal(model[2].weight, head_before), "the head still trains"
