@@ -12,14 +12,25 @@ normalisation after every convolution and hidden linear layer (Ioffe & Szegedy, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from d2lcnn.models.base import Classifier
 from d2lcnn.models.registry import register
 
 
+def torch_batch_norm(num_features: int, num_dims: int) -> nn.Module:
+    """nn.BatchNorm2d after a convolution (num_dims 4), nn.BatchNorm1d after a linear layer (num_dims 2)."""
+    return nn.BatchNorm2d(num_features) if num_dims == 4 else nn.BatchNorm1d(num_features)
+
+
 class LeNet(Classifier):
-    """LeNet-5 for 28x28 images: two conv/pool stages, then three linear layers."""
+    """LeNet-5 for 28x28 images: two conv/pool stages, then three linear layers.
+
+    With `batch_norm`, `norm_layer(features, num_dims)` builds each normalisation layer (num_dims 4
+    after a convolution, 2 after a linear layer); the default gives torch's nn.BatchNorm2d/1d.
+    """
 
     def __init__(
         self,
@@ -28,23 +39,24 @@ class LeNet(Classifier):
         activation: type[nn.Module] = nn.Tanh,
         pool: type[nn.Module] = nn.AvgPool2d,
         batch_norm: bool = False,
+        norm_layer: Callable[[int, int], nn.Module] = torch_batch_norm,
     ) -> None:
         super().__init__(in_channels=in_channels, input_size=28)
 
-        def block(layer: nn.Module, width: int, norm: type[nn.Module]) -> list[nn.Module]:
+        def block(layer: nn.Module, width: int, num_dims: int) -> list[nn.Module]:
             """`layer`, then batch norm if asked for, then the activation."""
-            return [layer, norm(width), activation()] if batch_norm else [layer, activation()]
+            return [layer, norm_layer(width, num_dims), activation()] if batch_norm else [layer, activation()]
 
         self.features = nn.Sequential(
-            *block(nn.Conv2d(in_channels, 6, kernel_size=5, padding=2), 6, nn.BatchNorm2d),
+            *block(nn.Conv2d(in_channels, 6, kernel_size=5, padding=2), 6, 4),
             pool(kernel_size=2, stride=2),
-            *block(nn.Conv2d(6, 16, kernel_size=5), 16, nn.BatchNorm2d),
+            *block(nn.Conv2d(6, 16, kernel_size=5), 16, 4),
             pool(kernel_size=2, stride=2),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            *block(nn.Linear(16 * 5 * 5, 120), 120, nn.BatchNorm1d),
-            *block(nn.Linear(120, 84), 84, nn.BatchNorm1d),
+            *block(nn.Linear(16 * 5 * 5, 120), 120, 2),
+            *block(nn.Linear(120, 84), 84, 2),
             nn.Linear(84, num_classes),
         )
 
