@@ -10,6 +10,11 @@ from torch import nn
 
 from d2lcnn.errors import InputShapeError, UnknownNameError
 from d2lcnn.models import accepted_sizes, create, list_models, model_doc
+from d2lcnn.models.densenet import DenseBlock, transition_block
+from d2lcnn.models.googlenet import Inception
+from d2lcnn.models.nin import nin_block
+from d2lcnn.recipes import RECIPES
+from d2lcnn.trace import trace
 
 # (name, options, input shape) for every model at each size it documents.
 DOCUMENTED = [
@@ -27,6 +32,12 @@ DOCUMENTED = [
     ("resnet18", {}, (3, 224, 224)),
     ("resnet18", {"stem": "cifar"}, (3, 32, 32)),
     ("resnet34", {"stem": "cifar", "width": 0.25}, (3, 32, 32)),
+    ("nin", {}, (1, 224, 224)),
+    ("nin", {"in_channels": 3, "width": 0.25}, (3, 224, 224)),
+    ("googlenet", {}, (1, 96, 96)),
+    ("googlenet", {"num_classes": 7, "in_channels": 3, "width": 0.25}, (3, 96, 96)),
+    ("densenet", {}, (1, 96, 96)),
+    ("densenet", {"growth_rate": 8, "arch": (2, 3), "width": 0.5}, (1, 96, 96)),
 ]
 
 
@@ -251,3 +262,184 @@ def test_explaining_an_error_leaves_the_model_untouched():
     for key, value in model.state_dict().items():
         assert value.device.type == "cpu"
         assert torch.equal(value, before[key]), key
+
+
+# ----------------------------------------------------------------------------- NiN, GoogLeNet, DenseNet
+# Parameter counts below are computed from the layer formulas, not read from the models.
+
+
+def conv_params(c_in: int, c_out: int, k: int) -> int:
+    return c_in * c_out * k * k + c_out
+
+
+def nin_params(num_classes: int, in_channels: int, hidden: tuple[int, int, int]) -> int:
+    def block(c_in: int, c_out: int, k: int) -> int:  # k x k conv, then two 1x1 convs
+        return conv_params(c_in, c_out, k) + 2 * conv_params(c_out, c_out, 1)
+
+    c1, c2, c3 = hidden
+    return block(in_channels, c1, 11) + block(c1, c2, 5) + block(c2, c3, 3) + block(c3, num_classes, 3)
+
+
+# d2l's (and the paper's table 1) Inception blocks: c1, (c2 reduce, c2), (c3 reduce, c3), c4.
+INCEPTIONS = [
+    (64, (96, 128), (16, 32), 32), (128, (128, 192), (32, 96), 64),
+    (192, (96, 208), (16, 48), 64), (160, (112, 224), (24, 64), 64), (128, (128, 256), (24, 64), 64),
+    (112, (144, 288), (32, 64), 64), (256, (160, 320), (32, 128), 128),
+    (256, (160, 320), (32, 128), 128), (384, (192, 384), (48, 128), 128),
+]  # fmt: skip
+
+
+def inception_params(c_in: int, c1: int, c2: tuple, c3: tuple, c4: int) -> int:
+    branch1 = conv_params(c_in, c1, 1)
+    branch2 = conv_params(c_in, c2[0], 1) + conv_params(c2[0], c2[1], 3)
+    branch3 = conv_params(c_in, c3[0], 1) + conv_params(c3[0], c3[1], 5)
+    branch4 = conv_params(c_in, c4, 1)  # after the 3x3 max pool, which has no parameters
+    return branch1 + branch2 + branch3 + branch4
+
+
+def densenet_params(num_classes: int, in_channels: int, channels: int, growth: int, arch: tuple) -> int:
+    total = conv_params(in_channels, channels, 7) + 2 * channels  # stem conv + its batch norm
+    for i, num_convs in enumerate(arch):
+        for _ in range(num_convs):  # BN + 3x3 conv, then the output is concatenated
+            total += 2 * channels + conv_params(channels, growth, 3)
+            channels += growth
+        if i < len(arch) - 1:  # transition: BN + 1x1 conv halving the channels
+            total += 2 * channels + conv_params(channels, channels // 2, 1)
+            channels //= 2
+    return total + 2 * channels + channels * num_classes + num_classes  # final BN + linear
+
+
+def test_nin_parameter_count_from_the_layer_formulas():
+    assert n_params(create("nin")) == nin_params(10, 1, (96, 256, 384)) == 1_992_166
+    assert n_params(create("nin", width=0.25, in_channels=3)) == nin_params(10, 3, (24, 64, 96))
+
+
+def test_nin_has_no_linear_layer_and_ends_in_one_channel_per_class():
+    model = create("nin", num_classes=7)
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    block = nin_block(3, 8, kernel_size=5, stride=2, padding=1)
+    assert [type(m) for m in block] == [nn.Conv2d, nn.ReLU] * 3
+    assert [m.kernel_size for m in block if isinstance(m, nn.Conv2d)] == [(5, 5), (1, 1), (1, 1)]
+    assert isinstance(model.features[6], nn.Dropout) and model.features[6].p == 0.5
+    assert model.features[7][4].out_channels == 7
+    narrow = create("nin", num_classes=7, width=0.25)
+    assert narrow.features[7][4].out_channels == 7  # width leaves the class channels alone
+    assert [narrow.features[i][0].out_channels for i in (0, 2, 4)] == [24, 64, 96]
+
+
+def test_googlenet_parameter_count_from_the_layer_formulas():
+    stem = conv_params(1, 64, 7) + conv_params(64, 64, 1) + conv_params(64, 192, 3)
+    total, channels, outputs = stem, 192, []
+    for c1, c2, c3, c4 in INCEPTIONS:
+        total += inception_params(channels, c1, c2, c3, c4)
+        channels = c1 + c2[1] + c3[1] + c4
+        outputs.append(channels)
+    assert outputs == [256, 480, 512, 512, 512, 528, 832, 832, 1024]
+    total += 1024 * 10 + 10
+    model = create("googlenet")
+    assert n_params(model) == total == 5_977_530
+    blocks = [m for m in model.modules() if isinstance(m, Inception)]
+    assert [b.out_channels for b in blocks] == outputs
+    assert (len(model.b3) - 1, len(model.b4) - 1, len(model.b5) - 2) == (2, 5, 2)
+
+
+def test_inception_block_keeps_the_size_and_concatenates_four_branches():
+    block = Inception(192, 64, (96, 128), (16, 32), 32)
+    x = torch.randn(2, 192, 12, 12)
+    branches = [block.branch1(x), block.branch2(x), block.branch3(x), block.branch4(x)]
+    assert [b.shape[1] for b in branches] == [64, 128, 32, 32]
+    out = block(x)
+    assert out.shape == (2, 256, 12, 12) == (2, block.out_channels, 12, 12)
+    torch.testing.assert_close(out, torch.cat(branches, dim=1))
+    assert (out >= 0).all()  # every branch ends in ReLU
+    assert n_params(block) == inception_params(192, 64, (96, 128), (16, 32), 32)
+
+
+def test_densenet_parameter_count_from_the_layer_formulas():
+    assert n_params(create("densenet")) == densenet_params(10, 1, 64, 32, (4, 4, 4, 4)) == 758_226
+    small = create("densenet", growth_rate=8, arch=(2, 3), width=0.5)
+    assert n_params(small) == densenet_params(10, 1, 32, 4, (2, 3))
+
+
+def test_dense_block_concatenates_and_transition_halves():
+    block = DenseBlock(num_convs=2, in_channels=3, growth_rate=10)
+    x = torch.randn(4, 3, 8, 8)
+    out = block(x)
+    assert out.shape == (4, 23, 8, 8) and block.out_channels == 23
+    torch.testing.assert_close(out[:, :3], x)  # the input is passed on unchanged
+    assert [type(m) for m in block.convs[0]] == [nn.BatchNorm2d, nn.ReLU, nn.Conv2d]  # pre-activation
+    transition = transition_block(23, 11)
+    assert [type(m) for m in transition] == [nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.AvgPool2d]
+    assert transition(out).shape == (4, 11, 4, 4)
+
+
+# Shapes at the documented input, after each stage (as in the modules' docstrings).
+STAGE_SHAPES = {
+    "nin": {"features.0": (96, 54, 54), "features.1": (96, 26, 26), "features.3": (256, 12, 12),
+            "features.5": (384, 5, 5), "features.7": (10, 5, 5), "avgpool": (10, 1, 1), "flatten": (10,)},
+    "googlenet": {"b1": (64, 24, 24), "b2": (192, 12, 12), "b3": (480, 6, 6), "b4": (832, 3, 3),
+                  "b5": (1024,), "fc": (10,)},
+    "densenet": {"stem": (64, 24, 24), "blocks.dense1": (192, 24, 24), "blocks.trans1": (96, 12, 12),
+                 "blocks.dense2": (224, 12, 12), "blocks.trans2": (112, 6, 6), "blocks.dense3": (240, 6, 6),
+                 "blocks.trans3": (120, 3, 3), "blocks.dense4": (248, 3, 3), "head": (10,)},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_SHAPES))
+def test_trace_shows_each_stage_shape_at_the_documented_size(name):
+    model = create(name)
+    table = trace(model, (1, model.input_size, model.input_size))
+    shapes = {r.name: r.output_shape for r in table.rows}
+    assert {k: shapes[k] for k in STAGE_SHAPES[name]} == {k: (1, *v) for k, v in STAGE_SHAPES[name].items()}
+    assert table.total_params == n_params(model)
+
+
+@pytest.mark.parametrize(
+    "name, smallest, layer",
+    [
+        ("nin", 67, "layer 'features.3' (MaxPool2d) received (2, 256, 2, 2)"),
+        ("densenet", 29, "layer 'blocks.trans3.3' (AvgPool2d) received (2, 120, 1, 1)"),
+    ],
+)
+def test_new_models_explain_too_small_input(name, smallest, layer):
+    model = create(name)
+    assert accepted_sizes(model) == (smallest, None)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 1, smallest, smallest)).shape == (1, 10)
+    with pytest.raises(InputShapeError) as err:
+        model(torch.randn(2, 1, 28, 28))
+    message = str(err.value)
+    assert layer in message
+    assert f"any side of at least {smallest} px" in message
+    assert f"resize={model.input_size}" in message
+
+
+def test_googlenet_takes_any_size_and_explains_a_wrong_channel_count():
+    model = create("googlenet").eval()
+    assert accepted_sizes(model) == (1, None)  # every pool rounds up, so even 1 x 1 passes through
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 1, 1)).shape == (1, 10)
+    with pytest.raises(InputShapeError) as err:
+        model(torch.randn(2, 3, 96, 96))
+    assert "layer 'b1.0' (Conv2d) received (2, 3, 96, 96)" in str(err.value)
+    assert "in_channels=3" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["nin", "googlenet", "densenet"])
+def test_width_shrinks_the_new_models(name):
+    full, half, quarter = (n_params(create(name, width=w)) for w in (1.0, 0.5, 0.25))
+    assert full > 2.5 * half > 2.5 * 2.5 * quarter  # most weights scale with width squared
+    narrow = create(name, width=0.5)
+    first_conv = next(m for m in narrow.modules() if isinstance(m, nn.Conv2d))
+    assert first_conv.out_channels == {"nin": 48, "googlenet": 32, "densenet": 32}[name]
+
+
+def test_every_model_has_a_recipe_whose_resize_it_accepts():
+    assert set(RECIPES) == set(list_models())
+    for name in ("nin", "googlenet", "densenet"):
+        assert RECIPES[name].dataset == "fashion_mnist"
+    for name, recipe in RECIPES.items():
+        if recipe.resize is None:
+            continue
+        low, high = accepted_sizes(create(name, **recipe.model_options))
+        assert low <= recipe.resize and (high is None or recipe.resize <= high), name
