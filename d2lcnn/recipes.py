@@ -57,9 +57,10 @@ RECIPES: dict[str, Recipe] = {
     "vgg19": replace(_VGG_CIFAR, epochs=20),
     "resnet18": _RESNET_CIFAR,
     "resnet34": _RESNET_CIFAR,
-    # d2l's chapters on NiN, GoogLeNet and DenseNet, all on Fashion-MNIST.
+    # d2l's chapters on NiN, GoogLeNet, batch norm and DenseNet, all on Fashion-MNIST.
     "nin": Recipe("fashion_mnist", epochs=10, lr=0.05, batch_size=128, resize=224),
     "googlenet": Recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=128, resize=96),
+    "lenet_bn": Recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=256),
     "densenet": Recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=256, resize=96),
 }
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from d2lcnn.errors import InputShapeError, UnknownNameError
 from d2lcnn.models import accepted_sizes, create, list_models, model_doc
+from d2lcnn.models.batchnorm import BatchNorm
 from d2lcnn.models.densenet import DenseBlock, transition_block
 from d2lcnn.models.googlenet import Inception
 from d2lcnn.models.nin import nin_block
@@ -36,6 +37,8 @@ DOCUMENTED = [
     ("nin", {"in_channels": 3, "width": 0.25}, (3, 224, 224)),
     ("googlenet", {}, (1, 96, 96)),
     ("googlenet", {"num_classes": 7, "in_channels": 3, "width": 0.25}, (3, 96, 96)),
+    ("lenet_bn", {}, (1, 28, 28)),
+    ("lenet_bn", {"scratch": True}, (1, 28, 28)),
     ("densenet", {}, (1, 96, 96)),
     ("densenet", {"growth_rate": 8, "arch": (2, 3), "width": 0.5}, (1, 96, 96)),
 ]
@@ -264,7 +267,7 @@ def test_explaining_an_error_leaves_the_model_untouched():
         assert torch.equal(value, before[key]), key
 
 
-# ----------------------------------------------------------------------------- NiN, GoogLeNet, DenseNet
+# ----------------------------------------------------------------- NiN, GoogLeNet, batch norm, DenseNet
 # Parameter counts below are computed from the layer formulas, not read from the models.
 
 
@@ -382,6 +385,8 @@ STAGE_SHAPES = {
     "densenet": {"stem": (64, 24, 24), "blocks.dense1": (192, 24, 24), "blocks.trans1": (96, 12, 12),
                  "blocks.dense2": (224, 12, 12), "blocks.trans2": (112, 6, 6), "blocks.dense3": (240, 6, 6),
                  "blocks.trans3": (120, 3, 3), "blocks.dense4": (248, 3, 3), "head": (10,)},
+    "lenet_bn": {"features.1": (6, 28, 28), "features.3": (6, 14, 14), "features.5": (16, 10, 10),
+                 "features": (16, 5, 5), "classifier.2": (120,), "classifier": (10,)},
 }  # fmt: skip
 
 
@@ -436,10 +441,128 @@ def test_width_shrinks_the_new_models(name):
 
 def test_every_model_has_a_recipe_whose_resize_it_accepts():
     assert set(RECIPES) == set(list_models())
-    for name in ("nin", "googlenet", "densenet"):
+    for name in ("nin", "googlenet", "lenet_bn", "densenet"):
         assert RECIPES[name].dataset == "fashion_mnist"
     for name, recipe in RECIPES.items():
         if recipe.resize is None:
             continue
         low, high = accepted_sizes(create(name, **recipe.model_options))
         assert low <= recipe.resize and (high is None or recipe.resize <= high), name
+
+
+def bn_pair(num_features: int, num_dims: int) -> tuple[BatchNorm, nn.Module]:
+    """A scratch and a torch batch norm layer in float64, with the same non-trivial gamma and beta."""
+    ours = BatchNorm(num_features, num_dims).double()
+    theirs = (nn.BatchNorm2d if num_dims == 4 else nn.BatchNorm1d)(num_features).double()
+    gamma, beta = (
+        torch.rand(num_features, dtype=torch.float64) + 0.5,
+        torch.randn(num_features, dtype=torch.float64),
+    )
+    with torch.no_grad():
+        for layer in (ours, theirs):
+            layer.weight.copy_(gamma)
+            layer.bias.copy_(beta)
+    return ours, theirs
+
+
+def outputs_and_grads(layer: nn.Module, x: torch.Tensor, upstream: torch.Tensor) -> list[torch.Tensor]:
+    """The layer's output, then the gradients of sum(output * upstream) w.r.t. input, gamma and beta."""
+    x = x.clone().requires_grad_()
+    y = layer(x)
+    return [y.detach(), *torch.autograd.grad(y, (x, layer.weight, layer.bias), upstream)]
+
+
+@pytest.mark.parametrize("num_dims, shape", [(4, (8, 3, 5, 5)), (2, (16, 7))])
+def test_scratch_batch_norm_matches_torch(num_dims, shape):
+    torch.manual_seed(0)
+    ours, theirs = bn_pair(shape[1], num_dims)
+    assert ours.gamma is ours.weight and ours.beta is ours.bias
+    scale = torch.rand(shape[1], dtype=torch.float64) * 3 + 0.5  # channels with their own mean and spread
+    scale, shift = (
+        scale.reshape(1, -1, *[1] * (num_dims - 2)),
+        scale.reshape(1, -1, *[1] * (num_dims - 2)) * 2,
+    )
+    for _ in range(4):  # train mode: batch statistics, running averages updated
+        x = torch.randn(shape, dtype=torch.float64) * scale + shift
+        upstream = torch.randn(shape, dtype=torch.float64)
+        for a, b in zip(outputs_and_grads(ours, x, upstream), outputs_and_grads(theirs, x, upstream)):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+        torch.testing.assert_close(ours.running_var, theirs.running_var)  # unbiased: differs from biased
+    with torch.no_grad():  # no_grad alone does not switch to the running statistics
+        x = torch.randn(shape, dtype=torch.float64)
+        torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    assert ours.num_batches_tracked.item() == theirs.num_batches_tracked.item() == 5
+    assert not torch.allclose(ours.running_var, torch.ones_like(ours.running_var))
+    ours.eval()
+    theirs.eval()
+    before = ours.running_mean.clone()
+    x, upstream = torch.randn(shape, dtype=torch.float64) * 4, torch.randn(shape, dtype=torch.float64)
+    for a, b in zip(outputs_and_grads(ours, x, upstream), outputs_and_grads(theirs, x, upstream)):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(ours.running_mean, before)  # eval mode leaves the statistics alone
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()
+    }
+
+
+def test_scratch_batch_norm_rejects_what_torch_rejects():
+    with pytest.raises(ValueError, match="num_dims"):
+        BatchNorm(4, num_dims=3)
+    ours, theirs = BatchNorm(4, num_dims=2), nn.BatchNorm1d(4)
+    for layer in (ours, theirs):  # one value per feature: no variance to normalise by
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            layer(torch.randn(1, 4))
+    with pytest.raises(ValueError, match="expected 4D input"):
+        BatchNorm(4, num_dims=4)(torch.randn(8, 4))
+
+
+def test_lenet_bn_follows_d2l_with_the_source_layout():
+    model = create("lenet_bn")
+    kinds = [type(m) for m in model.modules() if not isinstance(m, (nn.Sequential, type(model)))]
+    assert kinds == [
+        nn.Conv2d, nn.BatchNorm2d, nn.Sigmoid, nn.AvgPool2d,
+        nn.Conv2d, nn.BatchNorm2d, nn.Sigmoid, nn.AvgPool2d,
+        nn.Flatten, nn.Linear, nn.BatchNorm1d, nn.Sigmoid, nn.Linear, nn.BatchNorm1d, nn.Sigmoid, nn.Linear,
+    ]  # fmt: skip
+    assert n_params(model) == n_params(create("lenet")) + 2 * (6 + 16 + 120 + 84)
+    scratch = create("lenet_bn", scratch=True)
+    norms = [m for m in scratch.modules() if isinstance(m, BatchNorm)]
+    assert [(m.num_features, m.num_dims) for m in norms] == [(6, 4), (16, 4), (120, 2), (84, 2)]
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in scratch.modules())
+
+
+def test_lenet_bn_scratch_and_torch_versions_are_interchangeable():
+    torch.manual_seed(0)
+    scratch = create("lenet_bn", scratch=True).double()
+    torch.manual_seed(0)
+    builtin = create("lenet_bn").double()
+    ours, theirs = scratch.state_dict(), builtin.state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)  # same seed, same initial weights
+    torch.manual_seed(1)
+    x, y = torch.randn(32, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (32,))
+    losses = {}
+    for name, model in (("scratch", scratch), ("builtin", builtin)):  # a few SGD steps on one batch
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        model.train()
+        losses[name] = []
+        for _ in range(5):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses[name].append(loss.item())
+    torch.testing.assert_close(losses["scratch"], losses["builtin"])
+    assert losses["scratch"][-1] < losses["scratch"][0]
+    for key, value in scratch.state_dict().items():
+        torch.testing.assert_close(value, builtin.state_dict()[key], msg=key)
+    scratch.eval()
+    builtin.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(scratch(x), builtin(x))
+    fresh = create("lenet_bn").double().eval()
+    fresh.load_state_dict(scratch.state_dict())  # a scratch checkpoint loads into the torch version
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), scratch(x))
