@@ -1,8 +1,9 @@
-"""Command line: `d2lcnn train`, `d2lcnn trace`, `d2lcnn models`, `d2lcnn data`.
+"""Command line: `d2lcnn train`, `d2lcnn trace`, `d2lcnn models`, `d2lcnn data`, `d2lcnn compare`.
 
 Examples::
 
     python -m d2lcnn train --model lenet --dataset mnist --epochs 10 --out runs/lenet
+    python -m d2lcnn compare --dataset fashion_mnist --budget 60 --models lenet,alexnet,resnet18
     python -m d2lcnn trace --model vgg11 --input 3x224x224 --depth 2
     python -m d2lcnn data import ../shared/data /usr/share/datasets/fashion-mnist
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -119,6 +121,20 @@ def build_parser() -> Parser:
 
     commands.add_parser("models", help="list the models and the input each expects")
 
+    cmp = commands.add_parser(
+        "compare", help="train several models for the same seconds on the same data; table and plot"
+    )
+    cmp.add_argument("--dataset", default="fashion_mnist", help="mnist, fashion_mnist, cifar10 or stl10")
+    cmp.add_argument("--budget", type=float, default=20.0, help="seconds of training per model")
+    cmp.add_argument("--models", type=lambda text: text.split(","), default=None, metavar="A,B,...",
+                     help="comma-separated model names (default: one per family of the book)")  # fmt: skip
+    cmp.add_argument("--train-per-class", type=int, help="use a class-balanced training subset")
+    cmp.add_argument("--test-per-class", type=int)
+    cmp.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--out", type=Path, default=Path("runs") / "compare", help="output folder")
+    cmp.add_argument("--force", action="store_true", help="replace the results already in --out")
+
     data = commands.add_parser("data", help="offline datasets: import files, list what is there")
     data_commands = data.add_subparsers(
         dest="data_command", required=True, metavar="ACTION", parser_class=Parser
@@ -140,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             return _trace(args)
         if args.command == "models":
             return _models()
+        if args.command == "compare":
+            return _compare(args)
         return _data(args)
     except D2LCNNError as err:
         print(f"d2lcnn: error: {err}", file=sys.stderr)
@@ -155,6 +173,53 @@ def _models() -> int:
     width = max(len(n) for n in list_models())
     for name in list_models():
         print(f"{name:<{width}}  {model_doc(name)}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    from d2lcnn import compare
+    from d2lcnn.files import atomic_write
+
+    out: Path = args.out
+    names = ("comparison.md", "comparison.json", "comparison.png")
+    existing = [name for name in names if (out / name).exists()]
+    if existing and not args.force:
+        raise ConfigError(
+            f"{os.path.relpath(out)} already holds results ({', '.join(existing)}): add --force to "
+            "replace them, or choose another --out."
+        )
+    for option in ("train_per_class", "test_per_class"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
+
+    def save(result: compare.Comparison) -> None:  # after every model, so a crash keeps what is done
+        result.to_json(out / "comparison.json")
+        text = result.to_markdown()
+        atomic_write(out / "comparison.md", lambda f: f.write(text.encode()))
+
+    result = compare.compare(
+        args.dataset, args.budget, args.models, train_per_class=args.train_per_class,
+        test_per_class=args.test_per_class, seed=args.seed, device=args.device,
+        log=lambda line: print(line, file=sys.stderr), on_row=save,
+    )  # fmt: skip
+    save(result)
+    figure = compare.plot_comparison(result)
+    atomic_write(
+        out / "comparison.png", lambda f: figure.savefig(f, format="png", dpi=100, bbox_inches="tight")
+    )
+    print(result.to_markdown(), end="")
+    shown = os.path.relpath(out)
+    print(f"\nWrote {shown}/comparison.md, comparison.json and comparison.png.")
+    failed = [r.model for r in result.rows if r.error]
+    if failed:
+        print(f"d2lcnn: {len(failed)} of {len(result.rows)} models failed ({', '.join(failed)}): see the "
+              "table for why.", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
