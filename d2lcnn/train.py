@@ -582,9 +582,10 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 def _keep_frozen_norms_in_eval(model: nn.Module) -> None:
     # A frozen backbone must not change at all: batch norm layers whose parameters are frozen
-    # keep their running statistics (eval mode) instead of updating them on the new data.
+    # keep their running statistics (eval mode) instead of updating them on the new data. Any
+    # layer with running statistics counts, d2lcnn's from-scratch BatchNorm as well as torch's.
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module.__dict__.get("_buffers", {}).get("running_mean"), torch.Tensor):
             params = list(module.parameters())
             if params and not any(p.requires_grad for p in params):
                 module.eval()

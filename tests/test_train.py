@@ -749,9 +749,13 @@ def test_progress_env_switch_drops_the_bar_but_keeps_epoch_lines(monkeypatch, ca
     assert len([line for line in lines if line.startswith("epoch ")]) == 2
 
 
-def test_a_frozen_backbone_keeps_its_batch_norm_statistics():
+@pytest.mark.parametrize("norm", ["torch", "scratch"])
+def test_a_frozen_backbone_keeps_its_batch_norm_statistics(norm):
+    from d2lcnn.models.batchnorm import BatchNorm
+
     torch.manual_seed(0)
-    backbone = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+    layer = nn.BatchNorm2d(4) if norm == "torch" else BatchNorm(4, num_dims=4)
+    backbone = nn.Sequential(nn.Conv2d(1, 4, 3), layer, nn.ReLU(), nn.AdaptiveAvgPool2d(1))
     model = nn.Sequential(backbone, nn.Flatten(), nn.Linear(4, 2))
     backbone.requires_grad_(False)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
