@@ -31,12 +31,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from d2lcnn.errors import ConfigError, D2LCNNError, DataNotFoundError, unknown_name
+from d2lcnn.files import atomic_write
 
 if TYPE_CHECKING:  # torch is imported where it is used, so errors in the arguments come fast
     import torch
@@ -331,6 +333,121 @@ def run_d2lcnn(name: str, work: Workload) -> dict:
     }  # fmt: skip
 
 
+# Warm-up steps (oneDNN builds its kernels then) and profiled steps of the d2lcnn side.
+PROFILE_STEPS = {"lenet": (5, 20), "alexnet": (2, 4), "resnet18": (2, 5)}
+QUICK_PROFILE_STEPS = (1, 2)
+CATEGORIES = (
+    "conv forward", "conv backward", "matmul", "batch norm", "pooling", "activations",
+    "casts and copies", "loss", "optimizer step", "data", "other ops", "Python and framework",
+)  # fmt: skip
+_OPS = {
+    "conv forward": ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution",
+                     "aten::_nnpack_spatial_convolution", "aten::_slow_conv2d_forward"),
+    "conv backward": ("aten::convolution_backward", "aten::_slow_conv2d_backward"),
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"),
+    "batch norm": ("aten::native_batch_norm", "aten::native_batch_norm_backward",
+                   "aten::_native_batch_norm_legit", "aten::_batch_norm_with_update",
+                   "aten::batch_norm_backward", "aten::_batch_norm_impl_index"),
+    "pooling": ("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward",
+                "aten::avg_pool2d", "aten::avg_pool2d_backward", "aten::_adaptive_avg_pool2d",
+                "aten::_adaptive_avg_pool2d_backward", "aten::adaptive_avg_pool2d", "aten::mean"),
+    "activations": ("aten::relu", "aten::relu_", "aten::clamp_min", "aten::clamp_min_",
+                    "aten::threshold_backward", "aten::sigmoid", "aten::sigmoid_backward",
+                    "aten::tanh", "aten::tanh_backward"),
+    "casts and copies": ("aten::copy_", "aten::_to_copy", "aten::to", "aten::contiguous",
+                         "aten::clone"),
+    "loss": ("aten::_log_softmax", "aten::_log_softmax_backward_data", "aten::nll_loss_forward",
+             "aten::nll_loss_backward", "aten::cross_entropy_loss"),
+}  # fmt: skip
+_CATEGORY_OF = {op: category for category, ops in _OPS.items() for op in ops}
+
+
+def _labelled_batches(loader, label: str, after_each: Callable[[], None]):
+    """`loader` whose batches are fetched inside a profiler range named `label`."""
+    from torch.profiler import record_function
+
+    class Labelled:
+        def __len__(self) -> int:
+            return len(loader)
+
+        def __getattr__(self, name: str):
+            return getattr(loader, name)
+
+        def __iter__(self):
+            batches = iter(loader)
+            while True:
+                with record_function(label):
+                    item = next(batches, None)
+                if item is None:
+                    return
+                yield item
+                after_each()
+
+    return Labelled()
+
+
+def event_category(event) -> str:
+    """Where one profiler event's own (self) time belongs: its op kind, or the labelled region
+    (optimizer step, data) it runs in, or Python and the framework between ops."""
+    node = event
+    while node is not None:
+        if node.name.startswith("Optimizer."):
+            return "optimizer step"
+        if node.name == "d2lcnn: next batch":
+            return "data"
+        node = node.cpu_parent
+    if event.name.startswith("ProfilerStep"):
+        return "Python and framework"
+    return _CATEGORY_OF.get(event.name, "other ops")
+
+
+def run_profile(name: str, work: Workload, quick: bool) -> dict:
+    """Where the d2lcnn side's training step spends its time: torch.profiler self CPU time of a few
+    steps of `fit` (after warm-up steps), by kind of work, and the convolutions' own GFLOP/s."""
+    from types import SimpleNamespace
+
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from d2lcnn.data import load
+    from d2lcnn.trace import trace
+    from d2lcnn.train import fit
+
+    warmup, active = QUICK_PROFILE_STEPS if quick else PROFILE_STEPS[name]
+    data = load(
+        work.dataset, batch_size=work.batch_size, resize=work.resize, seed=0,
+        train_per_class=work.train_per_class,
+    )  # fmt: skip
+    model = build_model(name)
+    model.apply(d2l_init_weights)
+    side = work.resize or {"fashion_mnist": 28, "cifar10": 32}[work.dataset]
+    rows = trace(build_model(name), (model.in_channels, side, side)).rows
+    conv_flops = sum(row.flops for row in rows if row.kind == "Conv2d")  # forward, one example
+    seconds = dict.fromkeys(CATEGORIES, 0.0)
+    wall = [0.0]
+
+    def tally(prof) -> None:  # called once, when the profiled steps are done
+        for event in prof.events():
+            seconds[event_category(event)] += event.self_cpu_time_total / 1e6
+            if event.name.startswith("ProfilerStep"):
+                wall[0] += event.cpu_time_total / 1e6
+
+    steps = warmup + active
+    epochs = math.ceil(steps / len(data.train))
+    when = schedule(wait=0, warmup=warmup, active=active, repeat=1)
+    with profile(activities=[ProfilerActivity.CPU], schedule=when, on_trace_ready=tally) as prof:
+        batches = _labelled_batches(data.train, "d2lcnn: next batch", prof.step)
+        fit(model, SimpleNamespace(train=batches, name=work.dataset), epochs=epochs, lr=work.d2lcnn_lr,
+            max_steps=steps, progress=False, log=None)  # fmt: skip
+    if not wall[0]:
+        raise D2LCNNError(f"The profile of {name} recorded no complete step.")
+    examples = active * work.batch_size
+    return {
+        "steps": active, "batch_size": work.batch_size, "wall_seconds": wall[0], "seconds": seconds,
+        "conv_fwd_gflops": conv_flops * examples / max(seconds["conv forward"], 1e-9) / 1e9,
+        "conv_bwd_gflops": 2 * conv_flops * examples / max(seconds["conv backward"], 1e-9) / 1e9,
+    }  # fmt: skip
+
+
 def run_cli_recipe(quick: bool) -> dict:
     """`python -m d2lcnn train --model lenet_modern --dataset fashion_mnist` as a user runs it.
 
@@ -397,8 +514,11 @@ def worker(task: str, result_path: Path, quick: bool) -> int:
             result = run_cli_recipe(quick)
         else:
             work = workloads(quick)[name]
-            result = run_baseline(name, work) if side == "baseline" else run_d2lcnn(name, work)
-            result["fwd_flops"] = forward_flops(name, work)
+            if side == "profile":
+                result = run_profile(name, work, quick)
+            else:
+                result = run_baseline(name, work) if side == "baseline" else run_d2lcnn(name, work)
+                result["fwd_flops"] = forward_flops(name, work)
         # Children: DataLoader workers, or the d2lcnn command. `import torch` also runs
         # `ldconfig -p`, whose ru_maxrss counts the pages of the process it was forked from:
         # a run without workers has no children worth reporting.
@@ -407,7 +527,7 @@ def worker(task: str, result_path: Path, quick: bool) -> int:
         result["children_rss_mb"] = children / 1024 if side in ("baseline", "recipe") else 0.0
     except D2LCNNError as err:
         result = {"error": str(err)}
-    _atomic_write(result_path, json.dumps(result))
+    write_text(result_path, json.dumps(result))
     return 2 if "error" in result else 0
 
 
@@ -437,18 +557,9 @@ def _tail(text: str, lines: int = 8) -> str:
     return "\n".join(kept) or "(no output)"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically: a killed bench never leaves half a table behind."""
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def time_to(curve: list, acc: float) -> float | None:
@@ -574,6 +685,7 @@ def render(results: dict, peak: dict, meta: dict, quick: bool, names: list[str])
             f"(start-up, data loading, checkpoints) took {recipe['command_seconds']:.1f} s.",
         ]  # fmt: skip
 
+    lines += render_profiles(results, peak, quick, names)
     lines += ["", "Targets:", "", "| Target | Measured | Met |", "|---|---|---|"]
 
     def verdict(ok: bool) -> str:
@@ -608,6 +720,36 @@ def render(results: dict, peak: dict, meta: dict, quick: bool, names: list[str])
     return "\n".join(lines) + "\n"
 
 
+def render_profiles(results: dict, peak: dict, quick: bool, names: list[str]) -> list[str]:
+    """The "where the time goes" table of the d2lcnn side, one row per model."""
+    profiled = [name for name in names if "profile" in results[name]]
+    if not profiled:
+        return []
+    lines = [
+        "",
+        "Where the d2lcnn side's time goes: share of the profiled steps' CPU time (torch.profiler, "
+        "self time of each op, after warm-up steps), and the convolutions' own speed:",
+        "",
+        "| Model | Steps | " + " | ".join(CATEGORIES) + " | conv fwd GFLOP/s | conv bwd GFLOP/s |",
+        "|---|---:|" + "---:|" * (len(CATEGORIES) + 2),
+    ]
+    for name in profiled:
+        r = results[name]["profile"]
+        total = sum(r["seconds"].values()) or 1.0
+        shares = [f"{r['seconds'][c] / total:.1%}" for c in CATEGORIES]
+        conv = [f"{r[k]:,.0f} ({r[k] / peak['gflops']:.0%})" for k in ("conv_fwd_gflops", "conv_bwd_gflops")]
+        lines.append(f"| {workloads(quick)[name].title} | {r['steps']} x {r['batch_size']} | "
+                     + " | ".join(shares + conv) + " |")  # fmt: skip
+    lines += [
+        "",
+        "Conv GFLOP/s: the forward FLOPs of the model's convolutions (`d2lcnn.trace`; the backward "
+        "pass does twice as many) over the time of those ops alone, with their share of the bf16 "
+        "matmul peak in brackets. Data: fetching, resizing and normalising the batch on the "
+        "device. Python and framework: time between ops (the training loop, autograd, dispatch).",
+    ]
+    return lines
+
+
 def parse_only(text: str | None) -> list[str]:
     """The models named in --only (all by default), in the table's order."""
     if text is None:
@@ -635,11 +777,14 @@ def bench(names: list[str], quick: bool, out: Path | None, label: str, command: 
     print(f"  {peak['gflops']:,.0f} GFLOP/s", flush=True)
     results: dict[str, dict] = {}
     for name in names:
-        sides = [*SIDES, "recipe"] if name == "lenet" else list(SIDES)
+        sides = [*SIDES, "recipe", "profile"] if name == "lenet" else [*SIDES, "profile"]
         for side in sides:
             print(f"{name} {side}...", flush=True)
             result, seconds = run_task(f"{name}:{side}", quick)
             results.setdefault(name, {})[side] = result
+            if side == "profile":
+                print(f"  {result['steps']} steps profiled ({seconds:.0f} s in all)", flush=True)
+                continue
             line = f"  test acc {_pct(result['curve'][-1][1])}"
             if "examples" in result:
                 line += f", {result['examples'] / result['train_seconds']:,.1f} ex/s"
@@ -648,7 +793,7 @@ def bench(names: list[str], quick: bool, out: Path | None, label: str, command: 
     print()
     print(table)
     if out is not None:
-        _atomic_write(out, table)
+        write_text(out, table)
         print(f"Wrote {label}")
     else:
         print("Quick mode: the table was not written (give --out PATH to write it).")

@@ -123,6 +123,21 @@ def test_quick_table_has_metadata_recipes_and_targets(quick_run):
         assert str(tmp) not in shown and str(Path.home()) not in shown
 
 
+def test_quick_table_shows_where_the_time_goes(quick_run):
+    _, text, _ = quick_run
+    header, *rows = table(text, "| Model | Steps |")
+    assert header[:3] == ["Model", "Steps", "conv forward"]
+    assert header[-2:] == ["conv fwd GFLOP/s", "conv bwd GFLOP/s"]
+    assert [row[0] for row in rows] == list(MODELS)
+    for row in rows:
+        assert re.fullmatch(r"\d+ x \d+", row[1])
+        shares = [number(cell) for cell in row[2:-2]]
+        assert all(0 <= share <= 100 for share in shares)
+        assert sum(shares) == pytest.approx(100, abs=0.1 * len(shares))  # each rounded to 0.1
+        for cell in row[-2:]:
+            assert re.fullmatch(r"[\d,]+ \(\d+%\)", cell)
+
+
 def test_quick_mode_never_overwrites_the_full_table(tmp_path):
     full = ROOT / "bench" / "results" / "speed.md"
     before = full.read_bytes() if full.exists() else None
