@@ -320,8 +320,10 @@ def _eval_sums(
     device: torch.device,
     precision: str,
     channels_last: bool,
+    test_flip: bool = False,
 ) -> torch.Tensor:
-    """[summed loss, correct, examples] over `loader`, on `device`, without a host sync."""
+    """[summed loss, correct, examples] over `loader`, on `device`, without a host sync.
+    `test_flip` averages the logits of each image and its mirror image."""
     was_training = model.training
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
@@ -331,8 +333,10 @@ def _eval_sums(
             for item in loader:
                 x, y = _to_device(*_batch(item), device, channels_last)
                 with _autocast(device, precision):
-                    logits = model(x)
-                sums[0] += loss_fn(logits.float(), y)
+                    logits = model(x).float()
+                    if test_flip:
+                        logits = (logits + model(x.flip(-1)).float()) / 2
+                sums[0] += loss_fn(logits, y)
                 sums[1] += (logits.argmax(1) == y).sum()
                 sums[2] += y.shape[0]
             return sums.clone()
@@ -353,16 +357,20 @@ def evaluate(
     device: str | torch.device | None = None,
     precision: str = "auto",
     channels_last: bool | None = None,
+    test_flip: bool = False,
 ) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy (a fraction) of `model` over `loader`.
 
     Runs in eval mode under `torch.inference_mode()` and restores the model's previous mode. The
-    model is moved to `device` (default: where it already is).
+    model is moved to `device` (default: where it already is). `test_flip`: test-time
+    augmentation, averaging the logits of each image and its left-right mirror image (for data
+    whose classes do not change under a flip, like CIFAR-10; not for digits).
     """
     device = _eval_device(model, device)
     precision = pick_precision(device, precision)
     channels_last = _prepare_model(model, device, channels_last)
-    loss_sum, correct, count = _eval_sums(model, loader, device, precision, channels_last).tolist()
+    sums = _eval_sums(model, loader, device, precision, channels_last, test_flip)
+    loss_sum, correct, count = sums.tolist()
     if count == 0:
         raise ConfigError("evaluate got a loader that yielded no batches.")
     return loss_sum / count, correct / count
@@ -808,6 +816,7 @@ def fit(
     resume: bool = False,
     max_steps: int | None = None,
     lr_scale: dict[str, float] | None = None,
+    test_flip: bool = False,
     log: Callable[[str], Any] | None = print,
 ) -> History:
     """Train `model` on `data.train`, evaluating on `data.test`; return the per-epoch History.
@@ -828,6 +837,7 @@ def fit(
     - lr_scale: learning-rate multipliers by module name, e.g. {"fc": 10.0} trains a new head ten
       times faster than a pretrained backbone. Frozen parameters (requires_grad False) are skipped,
       and batch norm layers whose parameters are frozen stay in eval mode (their statistics too).
+    - test_flip: evaluate with test-time flips (see `evaluate`).
     - progress: a progress bar per epoch and one summary line per epoch through `log`;
       progress=False is silent. live_plot: a figure updated after every epoch.
 
@@ -850,6 +860,7 @@ def fit(
         "eval_every": eval_every,
         "max_steps": max_steps,
         "lr_scale": dict(lr_scale or {}),
+        "test_flip": test_flip,
     }
     _check_settings(settings)
     train_loader = getattr(data, "train", None)
@@ -1007,7 +1018,7 @@ def fit(
             if test_loader is not None and ((epoch + 1) % eval_every == 0 or last_epoch):
                 # BatchNorm statistics differ across ranks (each saw its own batches): use rank 0's.
                 _broadcast(model.buffers(), world)
-                test_sums = _eval_sums(model, test_loader, device, precision, channels_last)
+                test_sums = _eval_sums(model, test_loader, device, precision, channels_last, test_flip)
                 test_loss_sum, test_correct, test_count = _all_reduce(test_sums, world).tolist()
                 if test_count:
                     test_loss, test_acc = test_loss_sum / test_count, test_correct / test_count

@@ -552,6 +552,24 @@ def test_evaluate_and_predict_agree_with_a_plain_computation_and_restore_the_mod
         train.predict(model, (images * 50).clamp(0, 255).to(torch.uint8))
 
 
+def test_test_flip_averages_the_logits_of_each_image_and_its_mirror():
+    data, model = quadrant_data(), small_cnn()
+    train.fit(model, data, epochs=1, lr=0.05, **QUIET)
+    images, labels = data.test.images, data.test.labels
+    model.eval()
+    with torch.no_grad():
+        logits = (model(images) + model(images.flip(-1))) / 2
+    loss, acc = train.evaluate(model, data.test, precision="fp32", test_flip=True)
+    assert loss == pytest.approx(nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert acc == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    plain_loss, _ = train.evaluate(model, data.test, precision="fp32")
+    assert plain_loss != pytest.approx(loss, rel=1e-6)  # quadrant labels change under a flip
+
+    torch.manual_seed(0)
+    flipped = train.fit(small_cnn(), data, epochs=1, lr=0.05, test_flip=True, **QUIET)
+    assert flipped.config["test_flip"] is True
+
+
 # ----------------------------------------------------------------------------- settings
 
 
