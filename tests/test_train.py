@@ -573,6 +573,26 @@ def test_test_flip_averages_the_logits_of_each_image_and_its_mirror():
 # ----------------------------------------------------------------------------- settings
 
 
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [
+        ("lenet", {}, False),  # 6 and 16 channels: the default layout is faster on the CPU
+        ("lenet_modern", {}, False),
+        ("resnet18", {"stem": "cifar", "width": 0.25}, True),
+        ("nin", {"width": 0.5}, True),  # wide, though its last block has one channel per class
+        ("googlenet", {"width": 0.25}, True),
+    ],
+)
+def test_channels_last_is_chosen_by_how_wide_most_convolutions_are(name, options, expected):
+    from d2lcnn.models import create
+
+    with torch.device("meta"):
+        model = create(name, **options)
+    assert train.pick_channels_last(model, torch.device("cpu")) is expected
+    assert train.pick_channels_last(model, torch.device("cpu"), channels_last=not expected) is not expected
+    assert train.pick_channels_last(model, torch.device("meta")) is False
+
+
 def test_pick_device_and_precision():
     assert train.pick_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
