@@ -12,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+COMPARISON = "10_comparison"  # every architecture side by side: a table and a plot, no single model to trace
+ARCHITECTURE_CHAPTERS = [n for n in NOTEBOOKS if n.stem != COMPARISON]
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:work|root|home|tmp|usr|opt|Users|private)/[\w./-]+")
 
 
@@ -52,24 +54,42 @@ def test_chapter_outputs_show_no_path_of_the_machine(notebook):
             assert not ABSOLUTE_PATH.search(text), ABSOLUTE_PATH.search(text).group(0)
 
 
+def outputs_of(code: list[dict], mime: str) -> list[str]:
+    return [
+        "".join(t) if isinstance(t, list) else t
+        for c in code
+        for o in c.get("outputs", [])
+        for m, t in o.get("data", {}).items()
+        if m == mime
+    ]
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_chapter_structure(notebook):
+def test_chapter_has_a_colab_cell_and_exercises(notebook):
     cells = load(notebook)["cells"]
     code = [c for c in cells if c["cell_type"] == "code"]
     first = "".join(code[0]["source"])
     assert "google.colab" in first and "pip install" in first, "first code cell installs d2lcnn on Colab"
     assert not code[0].get("outputs"), "the Colab cell does nothing elsewhere"
-    html = [
-        t
-        for c in code
-        for o in c.get("outputs", [])
-        for m, t in o.get("data", {}).items()
-        if m == "text/html"
-    ]
-    assert any("d2lcnn-trace" in "".join(t) for t in html), "a shape-trace table"
-    pngs = [o for c in code for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(pngs) >= 3, "curves, predictions and a confusion matrix"
     markdown = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
     exercises = markdown.split("Exercises", 1)
     assert len(exercises) == 2, "an Exercises section"
     assert len(re.findall(r"^\s*\d+\.\s", exercises[1], re.M)) >= 5, "at least five exercises"
+
+
+@pytest.mark.parametrize("notebook", ARCHITECTURE_CHAPTERS, ids=lambda p: p.stem)
+def test_architecture_chapter_shows_trace_curves_predictions_and_confusion(notebook):
+    code = [c for c in load(notebook)["cells"] if c["cell_type"] == "code"]
+    assert any("d2lcnn-trace" in t for t in outputs_of(code, "text/html")), "a shape-trace table"
+    assert len(outputs_of(code, "image/png")) >= 3, "curves, predictions and a confusion matrix"
+
+
+def test_comparison_chapter_shows_every_model_in_one_table_and_a_plot():
+    from d2lcnn.compare import DEFAULT_MODELS
+
+    code = [c for c in load(ROOT / "notebooks" / f"{COMPARISON}.ipynb")["cells"] if c["cell_type"] == "code"]
+    tables = [t for t in outputs_of(code, "text/markdown") if "FLOPs/image" in t]
+    assert tables, "the results table of d2lcnn compare"
+    rows = {line.split("|")[1].strip().strip("`") for line in tables[-1].splitlines() if line.startswith("|")}
+    assert set(DEFAULT_MODELS) <= rows, f"missing from the table: {set(DEFAULT_MODELS) - rows}"
+    assert outputs_of(code, "image/png"), "accuracy against FLOPs and time"

@@ -118,7 +118,10 @@ def test_chapter_page_shows_title_figures_and_colab_link(notebook, browser, serv
             done(images.map(img => [img.complete, img.naturalWidth, img.naturalHeight])));
         """
     )
-    assert len(figures) >= 3, f"{notebook.name}: expected curves, predictions and a confusion matrix"
+    if notebook.stem == "10_comparison":
+        assert len(figures) >= 1, f"{notebook.name}: expected the accuracy-against-cost plot"
+    else:
+        assert len(figures) >= 3, f"{notebook.name}: expected curves, predictions and a confusion matrix"
     for complete, width, height in figures:
         assert complete and width > 0 and height > 0
     colab = browser.execute_script(
