@@ -8,30 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from fake_data import make_mnist_like
 
 from d2lcnn.cli import main
-
-
-def make_mnist_like(root: Path, per_class: int = 30, seed: int = 0) -> None:
-    """A tiny mnist.npz whose classes are separable: class k has a bright square at position k."""
-    rng = np.random.default_rng(seed)
-
-    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.repeat(np.arange(10), n)
-        images = rng.integers(0, 40, size=(len(labels), 28, 28, 1), dtype=np.uint8)
-        for i, k in enumerate(labels):
-            images[i, 2 + 2 * k : 6 + 2 * k, 4:24] = 250
-        return images, labels.astype(np.int64)
-
-    train_x, train_y = split(per_class)
-    test_x, test_y = split(per_class // 3)
-    root.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        root / "mnist.npz", train_images=train_x, train_labels=train_y, test_images=test_x,
-        test_labels=test_y, classes=np.array([str(i) for i in range(10)]),
-    )  # fmt: skip
 
 
 def run(args: list[str], data_root: Path, cwd: Path) -> subprocess.CompletedProcess:
