@@ -8,9 +8,9 @@ write a notebook whose outputs contain an error or an absolute path of this mach
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -44,7 +44,12 @@ def main() -> None:
     os.environ["D2LCNN_PROFILE"] = os.environ.get("D2LCNN_PROFILE", "cpu")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     os.environ.setdefault("D2LCNN_PROGRESS", "0")  # epoch lines, no live bar, in the stored outputs
-    paths = [Path(p) for p in sys.argv[1:]] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every chapter in notebooks/")
+    paths = parser.parse_args().notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    missing = [str(p) for p in paths if p.suffix != ".ipynb" or not p.is_file()]
+    if missing:
+        parser.error(f"not a notebook file: {', '.join(missing)}; pass paths like notebooks/01_lenet.ipynb")
     for path in paths:
         print(f"{path.name}: executing ({os.environ['D2LCNN_PROFILE']} profile) ...", flush=True)
         print(f"{path.name}: {execute(path):.0f} s", flush=True)
