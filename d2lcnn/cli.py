@@ -94,6 +94,9 @@ def build_parser() -> Parser:
     train.add_argument("--label-smoothing", type=float)
     train.add_argument("--resize", type=int, help="resize images to this side (default: the model's)")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    train.add_argument("--test-flip", action=argparse.BooleanOptionalAction, default=None,
+                       help="evaluate on each image and its mirror image (default: the recipe's, "
+                       "where the dataset's classes allow flips)")  # fmt: skip
     train.add_argument("--train-per-class", type=int, help="use a class-balanced subset")
     train.add_argument("--test-per-class", type=int)
     train.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
@@ -257,7 +260,7 @@ def _train(args: argparse.Namespace) -> int:
     recipe = recipe_for(args.model).with_overrides(
         dataset=args.dataset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         optimizer=args.optimizer, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-        augment=args.augment, resize=args.resize,
+        augment=args.augment, resize=args.resize, test_flip=args.test_flip,
     )  # fmt: skip
     options = {**recipe.model_options, **dict(args.option)}
     probe = create(args.model, **options)
@@ -271,6 +274,8 @@ def _train(args: argparse.Namespace) -> int:
         resize = recipe.resize
         if resize is None and info.image_size != probe.input_size:
             resize = probe.input_size
+        if args.test_flip is None and not info.flip:  # the recipe's dataset was overridden
+            recipe = recipe.with_overrides(test_flip=False)
         data = datasets.load(
             dataset, batch_size=recipe.batch_size, train_per_class=args.train_per_class,
             test_per_class=args.test_per_class, resize=resize, augment=recipe.augment,
@@ -288,8 +293,9 @@ def _train(args: argparse.Namespace) -> int:
           f"{data.test.num_examples:,} test images) -> {out}")  # fmt: skip
     history = fit(
         model, data, epochs=recipe.epochs, lr=recipe.lr, optimizer=recipe.optimizer,
-        weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing, device=args.device,
-        precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+        weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
+        test_flip=recipe.test_flip, device=args.device, precision=args.precision,
+        channels_last=args.channels_last, compile=args.compile,
         seed=args.seed, progress=not args.quiet, checkpoint=out / "checkpoint.pt", resume=args.resume,
     )  # fmt: skip
     history.config.update(model=args.model, model_options=options, dataset=data.name)

@@ -24,6 +24,7 @@ class Recipe:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
     augment: bool = False
+    test_flip: bool = False  # evaluate on each image and its mirror image (datasets where flips are valid)
     resize: int | None = None
     model_options: dict = field(default_factory=dict)
 
@@ -34,13 +35,14 @@ class Recipe:
 
 # The first source trains VGG-11 on CIFAR-10; d2lcnn uses the small-image head and half width.
 _VGG_CIFAR = Recipe(
-    "cifar10", epochs=15, lr=0.05, augment=True, label_smoothing=0.1,
+    "cifar10", epochs=15, lr=0.05, augment=True, label_smoothing=0.1, test_flip=True,
     model_options={"head": "cifar", "batch_norm": True, "width": 0.5},
 )  # fmt: skip
 # The first source's ResNet-18 on CIFAR-10, with the CIFAR stem.
 _RESNET_CIFAR = Recipe(
-    "cifar10", epochs=15, lr=0.1, augment=True, label_smoothing=0.1, model_options={"stem": "cifar"}
-)
+    "cifar10", epochs=15, lr=0.1, augment=True, label_smoothing=0.1, test_flip=True,
+    model_options={"stem": "cifar"},
+)  # fmt: skip
 
 RECIPES: dict[str, Recipe] = {
     # The source's LeNet: Tanh + average pooling, SGD.

@@ -113,6 +113,25 @@ def test_data_import_and_list(tmp_path, capsys, monkeypatch):
     assert str(tmp_path) not in out  # no absolute paths in what users copy into notebooks
 
 
+def test_test_flip_follows_the_flag_else_the_recipe_where_the_dataset_allows_flips(tmp_path, monkeypatch):
+    from d2lcnn import recipes
+
+    make_mnist_like(tmp_path / "data")
+    monkeypatch.setenv("D2LCNN_DATA", str(tmp_path / "data"))
+    monkeypatch.setitem(recipes.RECIPES, "lenet", recipes.RECIPES["lenet"].with_overrides(test_flip=True))
+
+    def test_flip_of_a_run(name: str, *flags: str) -> bool:
+        out = tmp_path / name
+        args = ["train", "--model", "lenet", "--dataset", "mnist", "--epochs", "1", "--batch-size", "64",
+                "--out", str(out), "--quiet", "--no-plots", *flags]  # fmt: skip
+        assert main(args) == 0
+        return json.loads((out / "history.json").read_text())["config"]["test_flip"]
+
+    assert test_flip_of_a_run("recipe") is False, "a mirrored digit is not the same digit"
+    assert test_flip_of_a_run("asked", "--test-flip") is True
+    assert test_flip_of_a_run("refused", "--no-test-flip") is False
+
+
 def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path):
     """SIGKILL a real training process after its first checkpoint, resume it, compare with a run
     that was never interrupted: same history, bit-identical weights (CPU)."""
