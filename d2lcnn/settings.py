@@ -1,0 +1,214 @@
+"""Training settings: one validated dataclass, and the recipe each model trains with by default.
+
+`Settings` lists every setting of `fit` once; a bad value fails when the settings are made, with a
+message naming the value and the fix. `RECIPES` says how each model trains when the command line
+is given only `--model`: its dataset, data options, model options and `Settings`. The numbers are
+for a short run on a CPU or one Colab GPU; every one can be overridden (`d2lcnn train --help`, or
+`fit(..., lr=0.05)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+
+from d2lcnn.errors import ConfigError, unknown_name
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How `fit` trains. Fields marked `trajectory` shape the run: a resumed run must keep them."""
+
+    epochs: int = 10
+    lr: float = field(default=0.1, metadata={"trajectory": True})  # the peak of the schedule
+    optimizer: str = field(default="sgd", metadata={"trajectory": True})  # "sgd" (Nesterov) or "adamw"
+    momentum: float = field(default=0.9, metadata={"trajectory": True})
+    nesterov: bool = field(default=True, metadata={"trajectory": True})
+    weight_decay: float = field(default=5e-4, metadata={"trajectory": True})  # conv/linear weights only
+    schedule: str = field(default="onecycle", metadata={"trajectory": True})  # see d2lcnn.train.schedule
+    warmup: float = field(default=0.2, metadata={"trajectory": True})  # fraction of all steps
+    label_smoothing: float = field(default=0.0, metadata={"trajectory": True})
+    # learning-rate multipliers by module name, e.g. {"fc": 10.0} for a new head on a pretrained backbone
+    lr_scale: dict = field(default_factory=dict, metadata={"trajectory": True})
+    seed: int = field(default=0, metadata={"trajectory": True})
+    max_steps: int | None = None  # stop after that many optimizer steps (the schedule ends there)
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    test_flip: bool = False  # evaluate on each image and its mirror image (where flips keep the class)
+    device: str | None = None  # None: CUDA, then MPS, then the CPU
+    precision: str = "auto"  # "auto", "bf16", "fp16" or "fp32" (see d2lcnn.runtime.pick_precision)
+    channels_last: bool | None = None  # None: chosen for the model and device
+    compile: bool = False  # model.compile() in place (torch >= 2.2); the first epoch is slower
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lr_scale", dict(self.lr_scale or {}))
+        _need(
+            _is_int(self.epochs) and self.epochs >= 1,
+            f"epochs must be a whole number >= 1, got {self.epochs!r}.",
+        )
+        _need(
+            _is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0,
+            f"lr must be a finite number > 0, got {self.lr!r}: try 0.1 for SGD or 1e-3 for AdamW.",
+        )
+        if self.optimizer not in OPTIMIZERS:
+            raise unknown_name("optimizer", str(self.optimizer), OPTIMIZERS)
+        if self.schedule not in SCHEDULES:
+            raise unknown_name("schedule", str(self.schedule), SCHEDULES)
+        _need(
+            _is_number(self.momentum) and 0 <= self.momentum < 1,
+            f"momentum must be in [0, 1), got {self.momentum!r}.",
+        )
+        _need(
+            _is_number(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            f"weight_decay must be >= 0, got {self.weight_decay!r}.",
+        )
+        _need(
+            _is_number(self.warmup) and 0 <= self.warmup < 1,
+            f"warmup is a fraction of all steps in [0, 1), got {self.warmup!r}.",
+        )
+        _need(
+            _is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+            f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}.",
+        )
+        for name, scale in self.lr_scale.items():
+            _need(
+                _is_number(scale) and math.isfinite(scale) and scale >= 0,
+                f"lr_scale[{name!r}] must be a number >= 0, got {scale!r}.",
+            )
+        _need(_is_int(self.seed) and self.seed >= 0, f"seed must be a whole number >= 0, got {self.seed!r}.")
+        _need(
+            self.max_steps is None or (_is_int(self.max_steps) and self.max_steps >= 1),
+            f"max_steps must be None or a whole number >= 1, got {self.max_steps!r}.",
+        )
+        _need(
+            _is_int(self.eval_every) and self.eval_every >= 1,
+            f"eval_every must be a whole number >= 1 (epochs between evaluations), got {self.eval_every!r}.",
+        )
+
+    def replace(self, **changes) -> Settings:
+        """A copy with `changes` applied (validated like the original); unknown names are an error."""
+        names = [f.name for f in fields(self)]
+        for name in changes:
+            if name not in names:
+                raise unknown_name("setting", name, names)
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        """The settings as plain values (for a history or a checkpoint)."""
+        return {
+            f.name: (dict(v) if isinstance(v := getattr(self, f.name), dict) else v) for f in fields(self)
+        }
+
+    @classmethod
+    def trajectory_fields(cls) -> list[str]:
+        """The settings that a resumed run must share with the run it continues."""
+        return [f.name for f in fields(cls) if f.metadata.get("trajectory")]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train one model by default: dataset, data options, model options and `Settings`."""
+
+    dataset: str
+    settings: Settings
+    batch_size: int = 256
+    augment: bool = False
+    resize: int | None = None  # None: the dataset's own size (or the model's, where it needs another)
+    model_options: dict = field(default_factory=dict)
+    note: str = ""  # how this differs from d2l's chapter on the model
+
+    def with_overrides(self, **changes) -> Recipe:
+        """A copy with the given recipe fields or settings replaced; None values are ignored."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        own = {f.name for f in fields(self)} - {"settings"}
+        settings = self.settings.replace(**{k: v for k, v in changes.items() if k not in own})
+        recipe = dataclasses.replace(
+            self, settings=settings, **{k: v for k, v in changes.items() if k in own}
+        )
+        _need(
+            _is_int(recipe.batch_size) and recipe.batch_size >= 1,
+            f"batch_size must be >= 1, got {recipe.batch_size!r}.",
+        )
+        _need(
+            recipe.resize is None or recipe.resize >= 1,
+            f"resize must be a side in pixels >= 1, got {recipe.resize!r}.",
+        )
+        return recipe
+
+
+def _recipe(dataset: str, *, batch_size: int = 256, augment: bool = False, resize: int | None = None,
+            model_options: dict | None = None, note: str = "", **settings) -> Recipe:  # fmt: skip
+    return Recipe(dataset, Settings(**settings), batch_size, augment, resize, dict(model_options or {}), note)
+
+
+# The first source trains VGG-11 on CIFAR-10; d2lcnn uses the small-image head and half width.
+_VGG_CIFAR = _recipe(
+    "cifar10", epochs=15, lr=0.05, augment=True, label_smoothing=0.1, test_flip=True,
+    model_options={"head": "cifar", "batch_norm": True, "width": 0.5},
+    note="d2l: 224 px, 1/4 width, no batch norm",
+)  # fmt: skip
+# The first source's ResNet-18 on CIFAR-10, with the CIFAR stem.
+_RESNET_CIFAR = _recipe(
+    "cifar10", epochs=15, lr=0.1, augment=True, label_smoothing=0.1, test_flip=True,
+    model_options={"stem": "cifar"}, note="d2l: 96 px with the ImageNet stem",
+)  # fmt: skip
+
+RECIPES: dict[str, Recipe] = {
+    # The source's LeNet: Tanh + average pooling, SGD.
+    "lenet": _recipe("mnist", epochs=10, lr=0.1, batch_size=128, weight_decay=0.0, note="as in d2l"),
+    # ReLU + max pool + batch norm, for Fashion-MNIST (bench/speed.py times it).
+    "lenet_modern": _recipe(
+        "fashion_mnist",
+        epochs=8,
+        lr=0.2,
+        batch_size=128,
+        label_smoothing=0.1,
+        note="not in d2l: ReLU, max pooling and batch norm",
+    ),  # fmt: skip
+    # d2l's AlexNet chapter: Fashion-MNIST resized to 224.
+    "alexnet": _recipe("fashion_mnist", epochs=10, lr=0.01, batch_size=128, resize=224, note="as in d2l"),
+    # The second source trains on STL-10 at 227 px.
+    "alexnet_paper": _recipe("stl10", epochs=30, lr=0.01, batch_size=128, resize=227, augment=True),
+    "vgg11": _VGG_CIFAR,
+    "vgg13": _VGG_CIFAR,
+    "vgg16": _VGG_CIFAR.with_overrides(epochs=20),
+    "vgg19": _VGG_CIFAR.with_overrides(epochs=20),
+    "resnet18": _RESNET_CIFAR,
+    "resnet34": _RESNET_CIFAR,
+    # d2l's chapters on NiN, GoogLeNet, batch norm and DenseNet, all on Fashion-MNIST.
+    "nin": _recipe("fashion_mnist", epochs=10, lr=0.05, batch_size=128, resize=224, note="as in d2l"),
+    "googlenet": _recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=128, resize=96, note="as in d2l"),
+    "lenet_bn": _recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=256, note="as in d2l"),
+    "densenet": _recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=256, resize=96, note="as in d2l"),
+}
+
+# For a model that has no recipe above: plain SGD on Fashion-MNIST.
+GENERIC_RECIPE = _recipe("fashion_mnist", epochs=1, lr=0.05, batch_size=128, note="no recipe: generic SGD")
+
+
+def recipe_for(model: str, *, generic: bool = False) -> Recipe:
+    """The default recipe of `model` (with `generic=True`, GENERIC_RECIPE for a model without one)."""
+    if model in RECIPES:
+        return RECIPES[model]
+    if generic:
+        return GENERIC_RECIPE
+    raise unknown_name("model", model, RECIPES)
