@@ -15,14 +15,17 @@ import pytest
 import torch
 from torch import nn
 
-from d2lcnn import train
+from d2lcnn import runtime, train
+from d2lcnn.checkpoint import EpochStats, History, load_checkpoint, save_checkpoint
 from d2lcnn.errors import (
+    ConfigError,
     CorruptDataError,
     D2LCNNError,
     DataNotFoundError,
     TrainingDivergedError,
     UnknownNameError,
 )
+from d2lcnn.settings import Settings
 
 TESTS = Path(__file__).resolve().parent
 SHARED_DATA = Path(os.environ.get("D2LCNN_SHARED_DATA", TESTS.parents[1] / "shared" / "data"))
@@ -101,7 +104,7 @@ def small_cnn(seed: int = 0, dropout: float = 0.2) -> nn.Sequential:
     )
 
 
-def metrics(history: train.History) -> list[tuple]:
+def metrics(history: History) -> list[tuple]:
     """Everything in a history that does not depend on the clock."""
     return [(e.train_loss, e.train_acc, e.test_loss, e.test_acc, e.lr) for e in history.epochs]
 
@@ -309,7 +312,7 @@ def test_resume_without_a_checkpoint_file_starts_fresh(tmp_path):
 def test_existing_checkpoint_is_never_overwritten_without_resume(tmp_path):
     path = tmp_path / "run.pt"
     path.write_bytes(b"someone's file")
-    with pytest.raises(train.ConfigError, match="resume=True"):
+    with pytest.raises(ConfigError, match="resume=True"):
         train.fit(small_cnn(), quadrant_data(), epochs=1, lr=0.05, checkpoint=path, **QUIET)
     assert path.read_bytes() == b"someone's file"
 
@@ -317,13 +320,18 @@ def test_existing_checkpoint_is_never_overwritten_without_resume(tmp_path):
 def test_resume_refuses_other_settings_and_other_models(tmp_path):
     path = tmp_path / "run.pt"
     train.fit(small_cnn(), quadrant_data(), epochs=2, lr=0.05, checkpoint=path, **QUIET)
-    with pytest.raises(train.ConfigError, match=r"lr=0\.05.*lr=0\.1"):
+    with pytest.raises(ConfigError, match=r"lr=0\.05.*lr=0\.1"):
         train.fit(small_cnn(), quadrant_data(), epochs=2, lr=0.1, checkpoint=path, resume=True, **QUIET)
 
     other = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.Flatten(), nn.Linear(1024, 4))
     with pytest.raises(D2LCNNError, match=r"does not fit this Sequential.*0\.weight") as info:
         train.fit(other, quadrant_data(), epochs=2, lr=0.05, checkpoint=path, resume=True, **QUIET)
     assert info.value.__context__ is None  # no torch traceback chained to it
+
+    other_data = quadrant_data()
+    other_data.name = "fashion_mnist"
+    with pytest.raises(ConfigError, match=r"data='quadrants'.*data='fashion_mnist'"):
+        train.fit(small_cnn(), other_data, epochs=2, lr=0.05, checkpoint=path, resume=True, **QUIET)
 
 
 # ----------------------------------------------------------------------------- divergence
@@ -334,8 +342,36 @@ def test_huge_learning_rate_stops_with_a_clear_error():
     with pytest.raises(TrainingDivergedError) as info:
         train.fit(model, quadrant_data(), epochs=3, lr=1e6, schedule="constant", **QUIET)
     message = str(info.value)
-    assert message.startswith("loss became ") and "at epoch 1 step " in message
-    assert "lower the learning rate (now 1e+06), e.g. lr=100000" in message
+    assert "diverged" in message and "epoch 1" in message
+    assert "1e+06" in message and "lr=100000" in message
+    assert "checkpoint" not in message  # there is none, so the message promises none
+
+
+class Scaled(nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def test_a_finite_loss_far_above_chance_stops_the_run(tmp_path):
+    # Logits a thousand times too large: the loss is finite but far above ln(4), the loss of a guess.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4), Scaled(1000.0))
+    with pytest.raises(TrainingDivergedError) as info:
+        train.fit(model, quadrant_data(), epochs=2, lr=1e-9, checkpoint=tmp_path / "run.pt", **QUIET)
+    message = str(info.value)
+    assert "epoch 1" in message and "ln 4" in message and "lr=1e-10" in message
+    assert "checkpoint" not in message and not (tmp_path / "run.pt").exists()  # nothing finished to keep
+
+
+def test_data_with_other_classes_than_the_model_is_refused():
+    model = small_cnn()
+    model.num_classes = 5  # as d2lcnn models record it
+    with pytest.raises(ConfigError, match=r"5 outputs.*4 classes.*num_classes=4"):
+        train.fit(model, quadrant_data(), epochs=1, lr=0.1, **QUIET)
 
 
 class NaNAtEpoch(TensorLoader):
@@ -355,9 +391,9 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     data.train = NaNAtEpoch(data.train, bad_epoch=1)
     model, calls = small_cnn(), []
     model.register_forward_hook(lambda module, inputs, output: calls.append(module.training))
-    with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 2 step 1;") as info:
+    with pytest.raises(TrainingDivergedError, match=r"nan during epoch 2") as info:
         train.fit(model, data, epochs=3, lr=0.05, checkpoint=tmp_path / "run.pt", **QUIET)
-    assert "run.pt" in str(info.value) and str(tmp_path) not in str(info.value)
+    assert "run.pt holds the run up to epoch 1" in str(info.value) and str(tmp_path) not in str(info.value)
     assert calls.count(True) == 8 + 1  # epoch 1, then the first step of epoch 2
     saved = torch.load(tmp_path / "run.pt", weights_only=True)
     assert saved["extra"]["epoch"] == 1
@@ -376,7 +412,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     optimizer.step()  # some momentum state worth saving
     scheduler.step()
     path = tmp_path / "sub" / "model.pt"
-    train.save_checkpoint(
+    save_checkpoint(
         path,
         model=model,
         optimizer=optimizer,
@@ -391,56 +427,56 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     fresh = small_cnn(seed=99)
     fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
     fresh_scheduler = torch.optim.lr_scheduler.OneCycleLR(fresh_optimizer, max_lr=0.1, total_steps=10)
-    state = train.load_checkpoint(path, fresh, fresh_optimizer, fresh_scheduler)
+    state = load_checkpoint(path, fresh, fresh_optimizer, fresh_scheduler)
     assert_same_weights(fresh, model)
     for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
         assert torch.equal(optimizer.state[p]["momentum_buffer"], fresh_optimizer.state[q]["momentum_buffer"])
     assert fresh_scheduler.state_dict() == scheduler.state_dict()
-    assert metrics(train.History.from_dict(state["history"])) == metrics(history)
+    assert metrics(History.from_dict(state["history"])) == metrics(history)
 
     # A bare state_dict file loads too.
     torch.save(model.state_dict(), tmp_path / "bare.pt")
-    train.load_checkpoint(tmp_path / "bare.pt", small_cnn(seed=3))
+    load_checkpoint(tmp_path / "bare.pt", small_cnn(seed=3))
 
 
 def test_save_checkpoint_refuses_extra_it_could_not_load_back(tmp_path):
     path = tmp_path / "model.pt"
-    with pytest.raises(train.ConfigError, match=r"extra\['score'\] is a numpy.float64"):
-        train.save_checkpoint(path, model=small_cnn(), extra={"score": np.float64(0.9)})
+    with pytest.raises(ConfigError, match=r"extra\['score'\] is a numpy.float64"):
+        save_checkpoint(path, model=small_cnn(), extra={"score": np.float64(0.9)})
     assert not path.exists()
 
 
 def test_bad_checkpoint_files_raise_clear_errors(tmp_path):
     model = small_cnn()
     with pytest.raises(DataNotFoundError, match="No checkpoint file at"):
-        train.load_checkpoint(tmp_path / "missing.pt", model)
+        load_checkpoint(tmp_path / "missing.pt", model)
 
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"this is not a checkpoint" * 10)
     with pytest.raises(CorruptDataError, match="not a readable PyTorch checkpoint"):
-        train.load_checkpoint(garbage, model)
+        load_checkpoint(garbage, model)
 
     good = tmp_path / "good.pt"
-    train.save_checkpoint(good, model=model)
+    save_checkpoint(good, model=model)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CorruptDataError, match="not a readable PyTorch checkpoint"):
-        train.load_checkpoint(truncated, model)
+        load_checkpoint(truncated, model)
 
     pickled_model = tmp_path / "pickled.pt"
     torch.save(model, pickled_model)  # a whole module: refused by weights_only=True
     with pytest.raises(CorruptDataError, match="weights_only=True"):
-        train.load_checkpoint(pickled_model, model)
+        load_checkpoint(pickled_model, model)
 
     not_ours = tmp_path / "list.pt"
     torch.save([1, 2, 3], not_ours)
     with pytest.raises(CorruptDataError, match="neither a d2lcnn checkpoint nor a model state"):
-        train.load_checkpoint(not_ours, model)
+        load_checkpoint(not_ours, model)
 
     wider = small_cnn()
     wider[-1] = nn.Linear(8 * 4 * 4, 10)
-    with pytest.raises(train.ConfigError, match=r"6\.weight: checkpoint \(4, 128\) vs model"):
-        train.load_checkpoint(good, wider)
+    with pytest.raises(ConfigError, match=r"6\.weight: checkpoint \(4, 128\) vs model"):
+        load_checkpoint(good, wider)
 
 
 # ----------------------------------------------------------------------------- history
@@ -450,33 +486,33 @@ def test_history_json_round_trip_and_summaries(tmp_path):
     history = train.fit(small_cnn(), quadrant_data(), epochs=3, lr=0.1, eval_every=2, **QUIET)
     path = tmp_path / "history.json"
     history.to_json(path)
-    loaded = train.History.from_json(path)
+    loaded = History.from_json(path)
     assert loaded.as_dict() == history.as_dict()
     assert loaded.config["precision"] in ("bf16", "fp32")
 
     rows = [
-        train.EpochStats(1, 1.0, 0.5, 0.9, 0.6, 10.0, 100.0, 0.1),
-        train.EpochStats(2, 0.5, 0.8, 0.4, 0.9, 12.0, 100.0, 0.05),
-        train.EpochStats(3, 0.4, 0.9, None, None, 11.0, 100.0, 0.02),
-        train.EpochStats(4, 0.3, 0.95, 0.45, 0.85, 13.0, 100.0, 0.01),
+        EpochStats(1, 1.0, 0.5, 0.9, 0.6, 10.0, 100.0, 0.1),
+        EpochStats(2, 0.5, 0.8, 0.4, 0.9, 12.0, 100.0, 0.05),
+        EpochStats(3, 0.4, 0.9, None, None, 11.0, 100.0, 0.02),
+        EpochStats(4, 0.3, 0.95, 0.45, 0.85, 13.0, 100.0, 0.01),
     ]
-    made = train.History(rows, {"model": "toy"})
+    made = History(rows, {"model": "toy"})
     assert made.total_seconds == 46.0
     assert made.final_test_acc == 0.85 and made.best_test_acc == 0.9
     assert made.time_to_accuracy(0.9) == 22.0 and made.time_to_accuracy(0.95) is None
     assert "final test acc 85.00%" in repr(made)
-    with pytest.raises(train.ConfigError, match="use 0.98 for 98%"):
+    with pytest.raises(ConfigError, match="use 0.98 for 98%"):
         made.time_to_accuracy(98)
 
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(CorruptDataError, match="not a JSON history"):
-        train.History.from_json(bad)
+        History.from_json(bad)
     bad.write_text('{"epochs": [{"epoch": 1}]}')
     with pytest.raises(CorruptDataError, match="missing or malformed field"):
-        train.History.from_json(bad)
+        History.from_json(bad)
     with pytest.raises(DataNotFoundError):
-        train.History.from_json(tmp_path / "absent.json")
+        History.from_json(tmp_path / "absent.json")
 
 
 # ----------------------------------------------------------------------------- output
@@ -548,7 +584,7 @@ def test_evaluate_and_predict_agree_with_a_plain_computation_and_restore_the_mod
     from_tensor, none = train.predict(model, images, precision="fp32", batch_size=50)
     assert none is None and torch.equal(from_tensor, predicted)
 
-    with pytest.raises(train.ConfigError, match=r"float images.*torch.uint8"):
+    with pytest.raises(ConfigError, match=r"float images.*torch.uint8"):
         train.predict(model, (images * 50).clamp(0, 255).to(torch.uint8))
 
 
@@ -588,28 +624,28 @@ def test_channels_last_is_chosen_by_how_wide_most_convolutions_are(name, options
 
     with torch.device("meta"):
         model = create(name, **options)
-    assert train.pick_channels_last(model, torch.device("cpu")) is expected
-    assert train.pick_channels_last(model, torch.device("cpu"), channels_last=not expected) is not expected
-    assert train.pick_channels_last(model, torch.device("meta")) is False
+    assert runtime.pick_channels_last(model, torch.device("cpu")) is expected
+    assert runtime.pick_channels_last(model, torch.device("cpu"), channels_last=not expected) is not expected
+    assert runtime.pick_channels_last(model, torch.device("meta")) is False
 
 
 def test_pick_device_and_precision():
-    assert train.pick_device("cpu") == torch.device("cpu")
+    assert runtime.pick_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(train.ConfigError, match="no CUDA GPU"):
-            train.pick_device("cuda")
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            runtime.pick_device("cuda")
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
-        assert train.pick_device() == torch.device("cpu")
+        assert runtime.pick_device() == torch.device("cpu")
     with pytest.raises(UnknownNameError, match="device 'gpu0'"):
-        train.pick_device("gpu0")
+        runtime.pick_device("gpu0")
 
-    assert train.pick_precision("cpu", "fp32") == "fp32"
-    assert train.pick_precision("cpu", "bfloat16") == "bf16"
-    assert train.pick_precision("mps") == "fp32"
-    with pytest.raises(train.ConfigError, match="fp16 training needs a CUDA GPU"):
-        train.pick_precision("cpu", "fp16")
+    assert runtime.pick_precision("cpu", "fp32") == "fp32"
+    assert runtime.pick_precision("cpu", "bfloat16") == "bf16"
+    assert runtime.pick_precision("mps") == "fp32"
+    with pytest.raises(ConfigError, match="fp16 training needs a CUDA GPU"):
+        runtime.pick_precision("cpu", "fp16")
     with pytest.raises(UnknownNameError, match="Did you mean 'fp16'"):
-        train.pick_precision("cpu", "fp61")
+        runtime.pick_precision("cpu", "fp61")
 
 
 def test_auto_precision_on_cpu_follows_the_cpus_bf16_support():
@@ -618,25 +654,27 @@ def test_auto_precision_on_cpu_follows_the_cpus_bf16_support():
         pytest.skip("needs Linux's /proc/cpuinfo to know the CPU's features independently")
     flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags"))
     native_bf16 = bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
-    assert train.pick_precision("cpu") == ("bf16" if native_bf16 else "fp32")
+    assert runtime.pick_precision("cpu") == ("bf16" if native_bf16 else "fp32")
 
 
 @pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "fp16")])
 def test_auto_precision_on_cuda(monkeypatch, native_bf16, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16)
-    assert train.pick_precision("cuda") == expected
-    assert train.pick_precision("cuda", "fp16") == "fp16"
+    assert runtime.pick_precision("cuda") == expected
+    assert runtime.pick_precision("cuda", "fp16") == "fp16"
 
 
 @pytest.mark.parametrize(
     "settings, error, message",
     [
-        ({"epochs": 0}, train.ConfigError, "epochs must be an int >= 1"),
-        ({"lr": -0.1}, train.ConfigError, "lr must be > 0"),
+        ({"epochs": 0}, ConfigError, "epochs must be a whole number >= 1, got 0"),
+        ({"lr": -0.1}, ConfigError, "lr must be a finite number > 0, got -0.1"),
+        ({"lr": math.inf}, ConfigError, "lr must be a finite number > 0, got inf"),
+        ({"lrr": 0.1}, UnknownNameError, "Did you mean 'lr'"),
         ({"optimizer": "sdg"}, UnknownNameError, "Did you mean 'sgd'"),
         ({"schedule": "one_cycle"}, UnknownNameError, "Did you mean 'onecycle'"),
-        ({"warmup": 1.5}, train.ConfigError, "warmup is a fraction"),
-        ({"resume": True}, train.ConfigError, "resume=True needs checkpoint"),
+        ({"warmup": 1.5}, ConfigError, "warmup is a fraction"),
+        ({"resume": True}, ConfigError, "resume=True needs checkpoint"),
     ],
 )
 def test_bad_settings_raise_one_clear_error(settings, error, message):
@@ -694,7 +732,7 @@ def test_two_gloo_processes_end_with_identical_weights_and_history(tmp_path):
     for key in rank0["state"]:
         assert torch.equal(rank0["state"][key], rank1["state"][key]), key
     assert rank0["history"] == rank1["history"]
-    history = train.History.from_dict(rank0["history"])
+    history = History.from_dict(rank0["history"])
     assert history.config["world_size"] == 2 and history.config["steps_per_epoch"] == 4
     assert history.final_test_acc >= 0.9
     # Only rank 0 talks and saves.
@@ -742,7 +780,7 @@ def test_lr_scale_gives_a_module_its_own_learning_rate_and_skips_frozen_paramete
 
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     model[0].weight.requires_grad_(False)
-    opt = train._make_optimizer(model, "sgd", 0.1, 0.9, True, 5e-4, {"2": 10.0})
+    opt = train.make_optimizer(model, Settings(lr=0.1, weight_decay=5e-4, lr_scale={"2": 10.0}))
     lrs = sorted((g["lr"], g["weight_decay"], sum(p.numel() for p in g["params"])) for g in opt.param_groups)
     # layer 0: only its bias trains (lr 0.1, no decay); layer 2: weight (decayed) and bias at lr 1.0
     assert lrs == [(0.1, 0.0, 8), (1.0, 0.0, 2), (1.0, 5e-4, 16)]
@@ -750,13 +788,13 @@ def test_lr_scale_gives_a_module_its_own_learning_rate_and_skips_frozen_paramete
     named.add_module("body", nn.Linear(4, 8))
     named.add_module("head", nn.Linear(8, 2))
     with pytest.raises(UnknownNameError, match="Did you mean 'head'"):
-        train._make_optimizer(named, "sgd", 0.1, 0.9, True, 0.0, {"haed": 10.0})
+        train.make_optimizer(named, Settings(lr=0.1, lr_scale={"haed": 10.0}))
 
 
 @pytest.mark.parametrize("steps", [1, 2, 5, 1000])
 def test_onecycle_works_for_any_number_of_steps_and_peaks_at_lr(steps):
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.4)
-    scheduler = train._make_scheduler(opt, "onecycle", 0.4, steps, 0.2)
+    scheduler = train.make_schedule(opt, Settings(lr=0.4, schedule="onecycle", warmup=0.2), steps)
     lrs = []
     for _ in range(steps):
         lrs.append(opt.param_groups[0]["lr"])
