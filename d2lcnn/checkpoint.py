@@ -6,7 +6,6 @@ A checkpoint is one file written atomically (a crash never leaves half of one) a
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 from d2lcnn.errors import ConfigError, CorruptDataError, DataNotFoundError
-from d2lcnn.files import atomic_write
+from d2lcnn.files import atomic_write, read_json, write_json
 from d2lcnn.runtime import model_name, unwrap
 
 FORMAT = "d2lcnn-checkpoint"
@@ -60,22 +59,12 @@ class History:
 
     def to_json(self, path: str | Path) -> None:
         """Write the history as JSON, atomically."""
-        text = json.dumps(self.as_dict(), indent=1)
-        atomic_write(Path(path), lambda f: f.write(text.encode()))
+        write_json(path, self.as_dict())
 
     @classmethod
     def from_json(cls, path: str | Path) -> History:
         """Read a history written by `to_json`."""
-        path = Path(path)
-        if not path.is_file():
-            raise DataNotFoundError(f"No history file at {str(path)!r}; check the path.")
-        try:
-            data = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CorruptDataError(f"{str(path)!r} is not a JSON history file ({err}).") from None
-        if not isinstance(data, dict):
-            raise CorruptDataError(f"{str(path)!r} does not hold a d2lcnn training history.")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "history"))
 
     @property
     def final_test_acc(self) -> float | None:

@@ -1,13 +1,16 @@
-"""Writing files so that a crash or a kill never leaves half of one behind."""
+"""Writing files so that a crash or a kill never leaves half of one behind, and reading them back."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from d2lcnn.errors import CorruptDataError, DataNotFoundError
 
 
 def atomic_write(target: str | Path, write: Callable[[BinaryIO], Any]) -> None:
@@ -27,3 +30,24 @@ def atomic_write(target: str | Path, write: Callable[[BinaryIO], Any]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_json(target: str | Path, data: Any) -> None:
+    """Write `data` as indented JSON, atomically."""
+    text = json.dumps(data, indent=1)
+    atomic_write(target, lambda f: f.write(text.encode()))
+
+
+def read_json(path: str | Path, what: str) -> dict:
+    """The JSON object in `path`; one clear error if it is missing or is not a JSON object.
+    `what` names the kind of file in the message, e.g. "history"."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"No {what} file at {str(path)!r}; check the path.")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptDataError(f"{str(path)!r} is not a JSON {what} file ({err}).") from None
+    if not isinstance(data, dict):
+        raise CorruptDataError(f"{str(path)!r} does not hold a d2lcnn {what}.")
+    return data
