@@ -1,4 +1,5 @@
-"""Tests of d2lcnn.data: every way a dataset arrives, every way it can be broken, and the loaders."""
+"""Tests of d2lcnn.datafiles and d2lcnn.data: every way a dataset arrives, every way it can be broken,
+and the loaders."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import torchvision.datasets.cifar as tv_cifar
 import torchvision.datasets.mnist as tv_mnist
 from PIL import Image
 
-from d2lcnn import data
-from d2lcnn.errors import CorruptDataError, D2LCNNError, DataNotFoundError, UnknownNameError
+from d2lcnn import data, datafiles
+from d2lcnn.errors import ConfigError, CorruptDataError, D2LCNNError, DataNotFoundError, UnknownNameError
 
 SHARED = Path(os.environ.get("D2LCNN_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 FASHION_DEB = Path("/usr/share/datasets/fashion-mnist")
@@ -43,7 +44,7 @@ def needs_shared(file: str):
 
 
 def tiny_parts(name: str, n_train: int = 20, n_test: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
-    info = data.DATASETS[name]
+    info = datafiles.DATASETS[name]
     rng = np.random.default_rng(seed)
     shape = (info.image_size, info.image_size, info.channels)
     return {
@@ -120,7 +121,7 @@ def write_raw(name: str, root: Path, parts: dict[str, np.ndarray], classes: list
         write_stl10(folder, parts, classes)
 
 
-def assert_same_arrays(arrays: data.Arrays, parts: dict[str, np.ndarray]) -> None:
+def assert_same_arrays(arrays: datafiles.Arrays, parts: dict[str, np.ndarray]) -> None:
     for key, expected in parts.items():
         got = getattr(arrays, key)
         assert got.shape == expected.shape, key
@@ -135,17 +136,17 @@ def assert_same_arrays(arrays: data.Arrays, parts: dict[str, np.ndarray]) -> Non
 
 def test_data_root_follows_env_and_defaults_to_home_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("D2LCNN_DATA", str(tmp_path / "my" / "data"))
-    assert data.data_root() == tmp_path / "my" / "data"
+    assert datafiles.data_root() == tmp_path / "my" / "data"
     assert (tmp_path / "my" / "data").is_dir()
     monkeypatch.delenv("D2LCNN_DATA")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert data.data_root() == tmp_path / "home" / ".cache" / "d2lcnn"
-    assert data.data_root().is_dir()
+    assert datafiles.data_root() == tmp_path / "home" / ".cache" / "d2lcnn"
+    assert datafiles.data_root().is_dir()
 
 
 def test_unknown_dataset_name_suggests_the_closest(tmp_path):
     with pytest.raises(UnknownNameError, match="cifar10"):
-        data.load_arrays("cifar", tmp_path)
+        datafiles.load_arrays("cifar", tmp_path)
     with pytest.raises(UnknownNameError, match="fashion_mnist"):
         data.load("fashion-mnist", root=tmp_path)
 
@@ -154,12 +155,12 @@ def test_unknown_dataset_name_suggests_the_closest(tmp_path):
 # .npz files
 
 
-@pytest.mark.parametrize("name", list(data.DATASETS))
+@pytest.mark.parametrize("name", list(datafiles.DATASETS))
 def test_npz_round_trip(tmp_path, name):
     parts = tiny_parts(name)
     classes = [f"class {i}" for i in range(10)]
     write_npz(tmp_path / f"{name}.npz", parts, classes)
-    arrays = data.load_arrays(name, tmp_path, download=False)
+    arrays = datafiles.load_arrays(name, tmp_path, download=False)
     assert_same_arrays(arrays, parts)
     assert arrays.classes == classes
     assert arrays.source == f"{name}.npz"
@@ -167,7 +168,7 @@ def test_npz_round_trip(tmp_path, name):
 
 def test_npz_without_classes_gets_torchvision_names(tmp_path):
     write_npz(tmp_path / "fashion_mnist.npz", tiny_parts("fashion_mnist"))
-    arrays = data.load_arrays("fashion_mnist", tmp_path, download=False)
+    arrays = datafiles.load_arrays("fashion_mnist", tmp_path, download=False)
     assert arrays.classes[0] == "T-shirt/top" and arrays.classes[9] == "Ankle boot"
 
 
@@ -175,7 +176,7 @@ def test_garbage_npz_is_reported_and_kept(tmp_path):
     path = tmp_path / "mnist.npz"
     path.write_bytes(b"this is not a zip archive" * 10)
     with pytest.raises(CorruptDataError, match="mnist.npz is not an .npz archive"):
-        data.load_arrays("mnist", tmp_path)
+        datafiles.load_arrays("mnist", tmp_path)
     assert path.read_bytes() == b"this is not a zip archive" * 10
 
 
@@ -183,7 +184,7 @@ def test_truncated_npz_is_reported(tmp_path):
     path = write_npz(tmp_path / "mnist.npz", tiny_parts("mnist"))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CorruptDataError, match="mnist.npz"):
-        data.load_arrays("mnist", tmp_path)
+        datafiles.load_arrays("mnist", tmp_path)
     assert path.exists()
 
 
@@ -192,7 +193,7 @@ def test_npz_missing_key_names_it(tmp_path):
     del parts["test_labels"]
     write_npz(tmp_path / "cifar10.npz", parts)
     with pytest.raises(CorruptDataError, match="lacks the key\\(s\\) test_labels"):
-        data.load_arrays("cifar10", tmp_path)
+        datafiles.load_arrays("cifar10", tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -211,19 +212,19 @@ def test_npz_wrong_content_is_explained(tmp_path, break_it, message):
     break_it(parts)
     write_npz(tmp_path / "cifar10.npz", parts)
     with pytest.raises(CorruptDataError, match=message):
-        data.load_arrays("cifar10", tmp_path)
+        datafiles.load_arrays("cifar10", tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------
 # torchvision's raw layouts
 
 
-@pytest.mark.parametrize("name", list(data.DATASETS))
+@pytest.mark.parametrize("name", list(datafiles.DATASETS))
 def test_raw_layout_round_trip(tmp_path, name):
     parts = tiny_parts(name)
-    classes = list(data.DATASETS[name].classes)
+    classes = list(datafiles.DATASETS[name].classes)
     write_raw(name, tmp_path, parts, classes)
-    arrays = data.load_arrays(name, tmp_path, download=False)
+    arrays = datafiles.load_arrays(name, tmp_path, download=False)
     assert_same_arrays(arrays, parts)
     assert arrays.classes == classes
     assert arrays.source == RAW_FOLDERS[name]
@@ -232,7 +233,7 @@ def test_raw_layout_round_trip(tmp_path, name):
 def test_npz_wins_over_raw_layout(tmp_path):
     write_raw("mnist", tmp_path, tiny_parts("mnist", seed=1), [])
     write_npz(tmp_path / "mnist.npz", tiny_parts("mnist", seed=2))
-    arrays = data.load_arrays("mnist", tmp_path)
+    arrays = datafiles.load_arrays("mnist", tmp_path)
     assert arrays.source == "mnist.npz"
     np.testing.assert_array_equal(arrays.train_images, tiny_parts("mnist", seed=2)["train_images"])
 
@@ -240,7 +241,7 @@ def test_npz_wins_over_raw_layout(tmp_path):
 def test_gzipped_idx_files_in_raw_folder_are_read(tmp_path):
     parts = tiny_parts("fashion_mnist")
     write_idx_files(tmp_path / "FashionMNIST" / "raw", parts, gz=True)
-    assert_same_arrays(data.load_arrays("fashion_mnist", tmp_path, download=False), parts)
+    assert_same_arrays(datafiles.load_arrays("fashion_mnist", tmp_path, download=False), parts)
 
 
 def test_truncated_idx_file_is_reported(tmp_path):
@@ -249,7 +250,7 @@ def test_truncated_idx_file_is_reported(tmp_path):
     path = folder / "t10k-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(CorruptDataError, match="t10k-images-idx3-ubyte is truncated"):
-        data.load_arrays("mnist", tmp_path)
+        datafiles.load_arrays("mnist", tmp_path)
     assert path.exists()
 
 
@@ -258,29 +259,29 @@ def test_foreign_file_in_idx_place_is_reported(tmp_path):
     write_idx_files(folder, tiny_parts("mnist"))
     (folder / "train-labels-idx1-ubyte").write_bytes(b"<html>Not found</html>")
     with pytest.raises(CorruptDataError, match="train-labels-idx1-ubyte is not an idx file"):
-        data.load_arrays("mnist", tmp_path)
+        datafiles.load_arrays("mnist", tmp_path)
 
 
 def test_cifar_pickle_cannot_call_other_code(tmp_path):
     parts = tiny_parts("cifar10")
-    write_cifar(tmp_path / "cifar-10-batches-py", parts, list(data.DATASETS["cifar10"].classes))
+    write_cifar(tmp_path / "cifar-10-batches-py", parts, list(datafiles.DATASETS["cifar10"].classes))
     hostile = {"data": np.zeros((4, 3072), np.uint8), "labels": collections.OrderedDict()}
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(pickle.dumps(hostile))
     with pytest.raises(CorruptDataError, match="data_batch_3 .*collections.OrderedDict.*not allowed"):
-        data.load_arrays("cifar10", tmp_path)
+        datafiles.load_arrays("cifar10", tmp_path)
 
 
 def test_truncated_stl10_files_are_reported(tmp_path):
     parts = tiny_parts("stl10")
     folder = tmp_path / "stl10_binary"
-    write_stl10(folder, parts, list(data.DATASETS["stl10"].classes))
+    write_stl10(folder, parts, list(datafiles.DATASETS["stl10"].classes))
     x = folder / "train_X.bin"
     x.write_bytes(x.read_bytes()[:-1000])
     with pytest.raises(CorruptDataError, match="train_X.bin is truncated"):
-        data.load_arrays("stl10", tmp_path)
+        datafiles.load_arrays("stl10", tmp_path)
     x.write_bytes(x.read_bytes()[: 19 * 3 * 96 * 96])  # a whole number of images, one too few
     with pytest.raises(CorruptDataError, match="20 labels for the 19 images"):
-        data.load_arrays("stl10", tmp_path)
+        datafiles.load_arrays("stl10", tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,7 +294,7 @@ def test_missing_dataset_without_download_explains_both_ways(tmp_path, monkeypat
 
     monkeypatch.setattr(tv_cifar, "download_and_extract_archive", no_network)
     with pytest.raises(DataNotFoundError) as caught:
-        data.load_arrays("cifar10", tmp_path, download=False)
+        datafiles.load_arrays("cifar10", tmp_path, download=False)
     message = str(caught.value)
     for expected in ("cifar10.npz", "cifar-10-batches-py", str(tmp_path), "download=False",
                      "internet access", "d2lcnn data import"):  # fmt: skip
@@ -305,7 +306,7 @@ def test_partial_raw_layout_names_missing_files(tmp_path):
     write_idx_files(folder, tiny_parts("mnist"))
     (folder / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(DataNotFoundError, match="lacks t10k-labels-idx1-ubyte"):
-        data.load_arrays("mnist", tmp_path, download=False)
+        datafiles.load_arrays("mnist", tmp_path, download=False)
 
 
 def test_download_through_torchvision(tmp_path, monkeypatch):
@@ -321,11 +322,11 @@ def test_download_through_torchvision(tmp_path, monkeypatch):
         Path(download_root, filename.removesuffix(".gz")).write_bytes(served[filename])
 
     monkeypatch.setattr(tv_mnist, "download_and_extract_archive", fake_download)
-    arrays = data.load_arrays("fashion_mnist", tmp_path)
+    arrays = datafiles.load_arrays("fashion_mnist", tmp_path)
     assert sorted(calls) == sorted(served)
     assert_same_arrays(arrays, parts)
     assert "downloaded" in arrays.source
-    again = data.load_arrays("fashion_mnist", tmp_path)  # now found on disk
+    again = datafiles.load_arrays("fashion_mnist", tmp_path)  # now found on disk
     assert len(calls) == 4 and again.source == "FashionMNIST/raw"
 
 
@@ -336,7 +337,7 @@ def test_failed_download_explains_both_ways(tmp_path, monkeypatch, name, module)
 
     monkeypatch.setattr(module, "download_and_extract_archive", offline)
     with pytest.raises(DataNotFoundError) as caught:
-        data.load_arrays(name, tmp_path)
+        datafiles.load_arrays(name, tmp_path)
     message = str(caught.value)
     for expected in (f"{name}.npz", str(tmp_path), "simulated: no network", "internet access",
                      "d2lcnn data import"):  # fmt: skip
@@ -353,25 +354,25 @@ def test_import_npz_links_once_and_never_overwrites(tmp_path):
     parts = tiny_parts("mnist")
     write_npz(src / "mnist.npz", parts)
     write_npz(other / "mnist.npz", tiny_parts("mnist", seed=5))
-    assert data.import_offline([src], root) == ["mnist.npz: linked into the data root"]
-    assert_same_arrays(data.load_arrays("mnist", root), parts)
-    assert data.import_offline([src / "mnist.npz"], root) == ["mnist.npz: already in the data root"]
-    (line,) = data.import_offline([other], root)
+    assert datafiles.import_offline([src], root) == ["mnist.npz: linked into the data root"]
+    assert_same_arrays(datafiles.load_arrays("mnist", root), parts)
+    assert datafiles.import_offline([src / "mnist.npz"], root) == ["mnist.npz: already in the data root"]
+    (line,) = datafiles.import_offline([other], root)
     assert "NOT imported" in line and str(tmp_path) not in line
-    assert_same_arrays(data.load_arrays("mnist", root), parts)
+    assert_same_arrays(datafiles.load_arrays("mnist", root), parts)
 
 
 def test_import_refuses_unknown_or_broken_files(tmp_path):
     write_npz(tmp_path / "imagenet.npz", tiny_parts("mnist"))
     with pytest.raises(D2LCNNError, match="Don't know how to import"):
-        data.import_offline([tmp_path / "imagenet.npz"], tmp_path / "root")
+        datafiles.import_offline([tmp_path / "imagenet.npz"], tmp_path / "root")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "cifar10.npz").write_bytes(b"garbage")
     with pytest.raises(CorruptDataError, match="cifar10.npz is not an .npz archive"):
-        data.import_offline([tmp_path / "bad"], tmp_path / "root")
+        datafiles.import_offline([tmp_path / "bad"], tmp_path / "root")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataNotFoundError, match="Nothing to import"):
-        data.import_offline([tmp_path / "empty"], tmp_path / "root")
+        datafiles.import_offline([tmp_path / "empty"], tmp_path / "root")
     assert not (tmp_path / "root" / "cifar10.npz").exists()
 
 
@@ -380,23 +381,23 @@ def test_import_idx_files_by_folder_name_or_as_name(tmp_path):
     write_idx_files(tmp_path / "zalando-fashion", parts, gz=True)
     write_idx_files(tmp_path / "digits", parts, gz=True)
     root = tmp_path / "root"
-    (line,) = data.import_offline([tmp_path / "zalando-fashion"], root)
+    (line,) = datafiles.import_offline([tmp_path / "zalando-fashion"], root)
     assert line == "fashion_mnist: 4 idx file(s) decompressed into FashionMNIST/raw/"
-    assert_same_arrays(data.load_arrays("fashion_mnist", root, download=False), parts)
+    assert_same_arrays(datafiles.load_arrays("fashion_mnist", root, download=False), parts)
     with pytest.raises(D2LCNNError, match="as_name='mnist'"):
-        data.import_offline([tmp_path / "digits"], root)
-    data.import_offline([tmp_path / "digits"], root, as_name="mnist")
-    assert_same_arrays(data.load_arrays("mnist", root, download=False), parts)
+        datafiles.import_offline([tmp_path / "digits"], root)
+    datafiles.import_offline([tmp_path / "digits"], root, as_name="mnist")
+    assert_same_arrays(datafiles.load_arrays("mnist", root, download=False), parts)
     assert not list(root.rglob("*.tmp"))
 
 
 def test_import_idx_keeps_different_existing_files(tmp_path):
     root = tmp_path / "root"
     write_idx_files(tmp_path / "fashion", tiny_parts("fashion_mnist"), gz=True)
-    data.import_offline([tmp_path / "fashion"], root)
+    datafiles.import_offline([tmp_path / "fashion"], root)
     mine = root / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte"
     mine.write_bytes(idx_bytes(np.full(20, 3, np.uint8)))
-    (line,) = data.import_offline([tmp_path / "fashion"], root)
+    (line,) = datafiles.import_offline([tmp_path / "fashion"], root)
     assert "3 already there" in line and "NOT replaced" in line and "train-labels-idx1-ubyte" in line
     assert mine.read_bytes() == idx_bytes(np.full(20, 3, np.uint8))
 
@@ -407,16 +408,16 @@ def test_import_rejects_incomplete_or_truncated_idx_sets(tmp_path):
     gz = folder / "t10k-labels-idx1-ubyte.gz"
     gz.write_bytes(gz.read_bytes()[:-12])
     with pytest.raises(CorruptDataError, match="t10k-labels-idx1-ubyte.gz"):
-        data.import_offline([folder], tmp_path / "root")
+        datafiles.import_offline([folder], tmp_path / "root")
     gz.unlink()
     with pytest.raises(DataNotFoundError, match="t10k-labels-idx1-ubyte missing"):
-        data.import_offline([folder], tmp_path / "root")
+        datafiles.import_offline([folder], tmp_path / "root")
 
 
 def test_describe_root_lists_what_is_there(tmp_path):
     write_npz(tmp_path / "mnist.npz", tiny_parts("mnist"))
-    write_raw("cifar10", tmp_path, tiny_parts("cifar10"), list(data.DATASETS["cifar10"].classes))
-    lines = data.describe_root(tmp_path)
+    write_raw("cifar10", tmp_path, tiny_parts("cifar10"), list(datafiles.DATASETS["cifar10"].classes))
+    lines = datafiles.describe_root(tmp_path)
     assert "mnist: mnist.npz" in lines and "cifar10: cifar-10-batches-py/" in lines
     assert any(line.startswith("stl10: not here") for line in lines)
     assert not any(str(tmp_path) in line for line in lines[1:])
@@ -429,8 +430,8 @@ def test_describe_root_lists_what_is_there(tmp_path):
 @needs_shared("mnist.npz")
 @pytest.mark.data
 def test_real_mnist(tmp_path):
-    data.import_offline([SHARED / "mnist.npz"], tmp_path)
-    arrays = data.load_arrays("mnist", tmp_path, download=False)
+    datafiles.import_offline([SHARED / "mnist.npz"], tmp_path)
+    arrays = datafiles.load_arrays("mnist", tmp_path, download=False)
     assert arrays.train_images.shape == (60000, 28, 28, 1)
     assert arrays.test_images.shape == (10000, 28, 28, 1)
     counts = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # shared/data/README.md
@@ -450,7 +451,7 @@ def test_real_mnist(tmp_path):
 @needs_shared("cifar10.npz")
 @pytest.mark.data
 def test_real_cifar10(tmp_path):
-    data.import_offline([SHARED / "cifar10.npz"], tmp_path)
+    datafiles.import_offline([SHARED / "cifar10.npz"], tmp_path)
     d = data.load("cifar10", root=tmp_path, batch_size=50, train_per_class=10, test_per_class=10,
                   augment=True, device="cpu", download=False)  # fmt: skip
     assert d.classes[:3] == ["airplane", "automobile", "bird"] and d.image_size == 32
@@ -464,9 +465,9 @@ def test_real_cifar10(tmp_path):
 
 @pytest.mark.skipif(not FASHION_DEB.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_real_fashion_mnist_from_debian_files(tmp_path):
-    (line,) = data.import_offline([FASHION_DEB], tmp_path)
+    (line,) = datafiles.import_offline([FASHION_DEB], tmp_path)
     assert line.startswith("fashion_mnist: 4 idx file(s) decompressed")
-    arrays = data.load_arrays("fashion_mnist", tmp_path, download=False)
+    arrays = datafiles.load_arrays("fashion_mnist", tmp_path, download=False)
     assert np.bincount(arrays.train_labels).tolist() == [6000] * 10
     assert np.bincount(arrays.test_labels).tolist() == [1000] * 10
     assert arrays.train_images.mean() / 255 == pytest.approx(0.2860, abs=5e-4)
@@ -630,8 +631,17 @@ def test_shards_are_disjoint_and_cover_the_epoch(train):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_unavailable_device_is_refused_clearly():
-    with pytest.raises(D2LCNNError, match="'cuda' is not available"):
+    with pytest.raises(ConfigError, match="device='cuda' but no CUDA GPU.*device='cpu'"):
         loader(random_images(4), device="cuda")
+    with pytest.raises(UnknownNameError, match="'gpu'"):
+        loader(random_images(4), device="gpu")
+
+
+def test_negative_seed_is_refused():
+    with pytest.raises(ConfigError, match="seed must be a whole number >= 0, got -1"):
+        loader(random_images(4), seed=-1)
+    with pytest.raises(ConfigError, match="got -1"):
+        data.balanced_subset(np.arange(4), 1, seed=-1)
 
 
 def test_device_loader_rejects_nhwc_and_float_images():
@@ -663,9 +673,87 @@ def test_load_tiny_npz_gives_data(tmp_path):
     assert str(tmp_path) not in repr(d)
 
 
+def test_old_names_still_work_from_d2lcnn_data():
+    assert data.load_arrays is datafiles.load_arrays
+    assert data.dataset_info is datafiles.dataset_info and data.data_root is datafiles.data_root
+
+
+def class_data(tmp_path, name="cifar10", n_train=40, n_test=20, **kwargs) -> data.Data:
+    parts = tiny_parts(name, n_train=n_train, n_test=n_test)
+    write_npz(tmp_path / f"{name}.npz", parts)
+    return data.load(name, root=tmp_path, batch_size=100, device="cpu", **kwargs)
+
+
+def test_classes_selects_and_relabels_in_the_order_given(tmp_path):
+    d = class_data(tmp_path, classes=["truck", "cat", "ship"])
+    assert d.classes == ["truck", "cat", "ship"] and d.num_classes == 3
+    assert d.name == "cifar10 (truck, cat, ship)"
+    parts = tiny_parts("cifar10", n_train=40, n_test=20)
+    everything = class_data(tmp_path / "all")
+    for split, loader_ in (("train", d.train), ("test", d.test)):
+        original = parts[f"{split}_labels"]
+        keep = np.flatnonzero(np.isin(original, [9, 3, 8]))
+        assert loader_.num_examples == len(keep)
+        expected_images = everything.train.images if split == "train" else everything.test.images
+        assert torch.equal(loader_.images, expected_images[torch.from_numpy(keep)])
+        new = {9: 0, 3: 1, 8: 2}
+        assert loader_.labels.tolist() == [new[int(label)] for label in original[keep]]
+    assert sorted(torch.cat([y for _, y in d.train]).tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+    by_index = class_data(tmp_path / "index", classes=[9, 3, 8])
+    assert by_index.classes == d.classes and torch.equal(by_index.train.labels, d.train.labels)
+
+
+def test_classes_compose_with_per_class_resize_and_normalisation(tmp_path):
+    mean, std = data.IMAGENET_MEAN, data.IMAGENET_STD
+    d = class_data(tmp_path, classes=[5, 6, 7, 8, 9], train_per_class=3, test_per_class=2, resize=48,
+                   augment=True, mean=mean, std=std)  # fmt: skip
+    assert (d.train.num_examples, d.test.num_examples, d.num_classes) == (15, 10, 5)
+    assert d.classes == ["dog", "frog", "horse", "ship", "truck"] and (d.mean, d.std) == (mean, std)
+    labels = torch.cat([y for _, y in d.train])
+    assert torch.bincount(labels).tolist() == [3] * 5
+    ((x, y),) = list(d.test)
+    assert x.shape == (10, 3, 48, 48) and torch.bincount(y).tolist() == [2] * 5
+    unresized = class_data(tmp_path, classes=[5, 6, 7, 8, 9], test_per_class=2, mean=mean, std=std)
+    ((x32, _),) = list(unresized.test)
+    parts = tiny_parts("cifar10", n_train=40, n_test=20)
+    kept = parts["test_images"][np.isin(parts["test_labels"], [5, 6, 7, 8, 9])]
+    expected = torch.from_numpy(kept).permute(0, 3, 1, 2).float() / 255
+    torch.testing.assert_close(unresized.denormalize(x32), expected, atol=1e-5, rtol=0)
+    upscaled = F.interpolate(x32, size=48, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(x, upscaled, atol=1e-4, rtol=0)  # the same images, resized
+    again = class_data(tmp_path, classes=[5, 6, 7, 8, 9], train_per_class=3, test_per_class=2)
+    assert torch.equal(again.train.images, d.train.images)  # the subset depends only on the seed
+    other = class_data(tmp_path, classes=[5, 6, 7, 8, 9], train_per_class=3, seed=1)
+    assert not torch.equal(other.train.images, d.train.images)
+    with pytest.raises(D2LCNNError, match="Class 3 has only 4 examples"):  # 3: cat
+        class_data(tmp_path, classes=["dog", "cat"], train_per_class=5)
+
+
+def test_stl10_classes_through_torch_loader(tmp_path):
+    parts = tiny_parts("stl10", n_train=20, n_test=10)
+    write_stl10(tmp_path / "stl10_binary", parts, list(datafiles.DATASETS["stl10"].classes))
+    d = data.load("stl10", root=tmp_path, batch_size=10, classes=["monkey", "airplane"], device="cpu")
+    ((x, y),) = list(d.test)
+    keep = np.flatnonzero(np.isin(parts["test_labels"], [7, 0]))
+    assert y.tolist() == [0 if label == 7 else 1 for label in parts["test_labels"][keep]]
+    expected = torch.from_numpy(parts["test_images"][keep]).permute(0, 3, 1, 2).float() / 255
+    torch.testing.assert_close(d.denormalize(x), expected, atol=1e-5, rtol=0)
+
+
+def test_bad_classes_get_one_clear_error(tmp_path):
+    with pytest.raises(UnknownNameError, match="Unknown class name 'dgo'. Did you mean 'dog'"):
+        class_data(tmp_path, classes=["cat", "dgo"])
+    with pytest.raises(ConfigError, match="Class index 10 is out of range.*0..9"):
+        class_data(tmp_path, classes=[1, 10])
+    with pytest.raises(ConfigError, match="twice"):
+        class_data(tmp_path, classes=["cat", 3])
+    with pytest.raises(ConfigError, match="non-empty list"):
+        class_data(tmp_path, classes="cat")
+
+
 def test_stl10_loads_through_torch_loader(tmp_path):
     parts = tiny_parts("stl10", n_train=20, n_test=10)
-    write_stl10(tmp_path / "stl10_binary", parts, list(data.DATASETS["stl10"].classes))
+    write_stl10(tmp_path / "stl10_binary", parts, list(datafiles.DATASETS["stl10"].classes))
     d = data.load("stl10", root=tmp_path, batch_size=8, test_batch_size=10, augment=True, device="cpu")
     assert isinstance(d.train, data.TorchLoader) and len(d.train) == 2 and len(d.test) == 1
     ((x, y),) = list(d.test)
@@ -682,7 +770,7 @@ def test_stl10_loads_through_torch_loader(tmp_path):
 
 def test_torch_loader_order_shards_and_epochs(tmp_path):
     parts = tiny_parts("stl10", n_train=20, n_test=10)
-    write_stl10(tmp_path / "stl10_binary", parts, list(data.DATASETS["stl10"].classes))
+    write_stl10(tmp_path / "stl10_binary", parts, list(datafiles.DATASETS["stl10"].classes))
     d = data.load("stl10", root=tmp_path, batch_size=3, device="cpu", seed=5)
     train = d.train
     epoch0 = torch.cat([y for _, y in train])
