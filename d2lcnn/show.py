@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import textwrap
 
 from torch import nn
 
@@ -13,7 +14,7 @@ INITS = ("default", "xavier", "kaiming")
 
 def show_source(obj: object) -> None:
     """Display the source code of a class or function (in a notebook as highlighted code)."""
-    source = inspect.getsource(obj)
+    source = textwrap.dedent(inspect.getsource(obj))
     try:
         from IPython import get_ipython
         from IPython.display import Markdown, display
