@@ -4,91 +4,49 @@
 of wall-clock and measures parameters, FLOPs per image, seconds per epoch, throughput, peak memory
 and test accuracy. How it keeps the comparison fair:
 
-- Same data: every model sees the same images (no augmentation), resized to the input side of the
-  `SETTINGS` table below, which also lists where that differs from d2l.
-- Same budget, complete schedule: a few warm-up steps time one training step of the model, which
-  gives the number of steps that fit in the budget; `fit` then runs exactly that many steps, so
-  the one-cycle learning-rate schedule ends when the budget does. The warm-up is not counted.
-- Own process: each model trains in a fresh Python process (``python -m d2lcnn.compare``), so the
-  peak memory is that model's alone, and a model that fails (a bad option, an input it cannot
-  take, a crash) leaves a message in its row instead of losing the other models' results.
-
-The optimiser settings are each model's recipe (`d2lcnn.recipes`); a model without one gets
-`GENERIC_RECIPE`.
+- Same data: every model sees the same images (no augmentation), resized to its input side.
+- Same settings as elsewhere: each model trains with its recipe (`d2lcnn.settings.recipe_for`:
+  model options, input side, optimiser, learning rate, batch size; `GENERIC_RECIPE` for a model
+  without one), whose note says how it differs from d2l.
+- Same budget, complete schedule: the learning-rate schedule runs over wall-clock seconds instead
+  of steps (`WallClockSchedule`), so it ends when the budget does whatever the pace, and training
+  stops within about half a step of the budget. One warm-up step first (memory, kernels) is not
+  counted; each row reports the seconds the training actually took.
+- Own process: each model trains in a fresh Python process (`d2lcnn.worker`), so the peak memory
+  is that model's alone, and a model that fails (an input it cannot take, a crash, no memory left)
+  leaves a message in its row instead of losing the other models' results. A recipe a model
+  cannot even be built with fails before anything trains.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
+from torch import nn
 
-from d2lcnn.errors import ConfigError, CorruptDataError, D2LCNNError, DataNotFoundError, unknown_name
-from d2lcnn.files import atomic_write
-from d2lcnn.recipes import RECIPES, Recipe
+from d2lcnn import data as datasets
+from d2lcnn.errors import ConfigError, CorruptDataError, TrainingDivergedError, unknown_name
+from d2lcnn.files import read_json, write_json
+from d2lcnn.models import create, list_models
+from d2lcnn.runtime import Runtime, pick_device, pick_precision, seed_everything
+from d2lcnn.settings import Recipe, Settings, recipe_for
+from d2lcnn.trace import trace
+from d2lcnn.train import evaluate, make_optimizer, make_schedule, train_epoch
+from d2lcnn.worker import memory_mb, run_in_process
 
-__all__ = [
-    "DEFAULT_MODELS",
-    "GENERIC_RECIPE",
-    "SETTINGS",
-    "Comparison",
-    "Row",
-    "Setting",
-    "compare",
-    "plot_comparison",
-    "settings_markdown",
-]
+__all__ = ["DEFAULT_MODELS", "Comparison", "Row", "WallClockSchedule", "compare", "settings_markdown"]
 
 _FORMAT = "d2lcnn-comparison"
-
-
-@dataclass(frozen=True)
-class Setting:
-    """How one model enters the comparison."""
-
-    size: int  # side of the square input in pixels; the images are resized to it
-    options: dict = field(default_factory=dict)  # keyword arguments of `create` besides classes/channels
-    note: str = ""  # how this differs from d2l's chapter on the model
-
-
-# Input sides follow d2l where a CPU can afford it. VGG-11 and ResNet-18 use their small-image
-# variants at 32 px instead (d2l: 224 and 96 px), which is what makes them trainable on a CPU.
-SETTINGS: dict[str, Setting] = {
-    "lenet": Setting(28, note="as in d2l"),
-    "lenet_bn": Setting(28, note="as in d2l"),
-    "lenet_modern": Setting(28, note="not in d2l: ReLU, max pooling and batch norm"),
-    "alexnet": Setting(224, note="as in d2l (AlexNet takes 195 to 226 px only)"),
-    "vgg11": Setting(
-        32,
-        {"head": "cifar", "batch_norm": True, "width": 0.5},
-        note="d2l: 224 px, 1/4 width, no batch norm",
-    ),  # fmt: skip
-    "nin": Setting(96, note="d2l: 224 px"),
-    "googlenet": Setting(96, note="as in d2l"),
-    "resnet18": Setting(32, {"stem": "cifar"}, note="d2l: 96 px with the ImageNet stem"),
-    "densenet": Setting(96, note="as in d2l"),
-}
 
 # One model per family of the book, in the book's order; those not registered are left out.
 DEFAULT_MODELS = ("lenet", "lenet_bn", "lenet_modern", "alexnet", "vgg11", "nin", "googlenet", "resnet18",
                   "densenet")  # fmt: skip
-
-
-# For a model that has no recipe in d2lcnn.recipes (its dataset and epochs are not used here).
-GENERIC_RECIPE = Recipe("fashion_mnist", epochs=1, lr=0.05, batch_size=128)
 
 
 # ----------------------------------------------------------------------------- results
@@ -109,13 +67,13 @@ class Row:
     flops: int | None = None  # of one forward pass of one image
     steps: int | None = None  # optimizer steps taken within the budget
     epochs: float | None = None  # passes over the training set those steps made
-    train_seconds: float | None = None  # measured wall-clock of the training, evaluation excluded
+    train_seconds: float | None = None  # wall-clock the training took (about the budget), evaluation excluded
     epoch_seconds: float | None = None  # one full pass over the training set, at examples_per_s
     examples_per_s: float | None = None
     peak_memory_mb: float | None = None
     base_memory_mb: float | None = None  # of the process before the model was built (CPU only)
     test_acc: float | None = None  # a fraction in [0, 1]
-    warmup_seconds: float | None = None  # spent timing the training step, outside the budget
+    warmup_seconds: float | None = None  # of the warm-up step before the training, outside the budget
     error: str | None = None
 
 
@@ -180,20 +138,12 @@ class Comparison:
 
     def to_json(self, path: str | Path) -> None:
         """Write the comparison as JSON, atomically."""
-        text = json.dumps(self.as_dict(), indent=1)
-        atomic_write(path, lambda f: f.write(text.encode()))
+        write_json(path, self.as_dict())
 
     @classmethod
     def from_json(cls, path: str | Path) -> Comparison:
         """Read a comparison written by `to_json`."""
-        path = Path(path)
-        if not path.is_file():
-            raise DataNotFoundError(f"No comparison file at {_shown(path)!r}; check the path.")
-        try:
-            data = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CorruptDataError(f"{_shown(path)!r} is not a JSON comparison file ({err}).") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "comparison"))
 
     def __repr__(self) -> str:
         done = sum(r.error is None for r in self.rows)
@@ -258,46 +208,9 @@ def _si(number: float) -> str:
 def settings_markdown(models: Sequence[str] | None = None, dataset: str = "fashion_mnist") -> str:
     """The settings table of `models` (default: the registered `DEFAULT_MODELS`) as markdown, before
     anything is trained: input, options, optimiser and how each differs from d2l."""
-    from d2lcnn.data import dataset_info
-
-    channels = dataset_info(dataset).channels
-    return _settings_table([_planned_row(name, SETTINGS) for name in _check_models(models)], channels)
-
-
-# ----------------------------------------------------------------------------- plot
-
-
-def plot_comparison(comparison: Comparison):
-    """One figure, two panels: test accuracy against FLOPs per image (log scale) and against
-    training seconds; each point is labelled with its model's name."""
-    from d2lcnn.plot import _new_figure, _styled
-
-    @_styled
-    def draw():
-        fig = _new_figure(10, 4)
-        done = [r for r in comparison.rows if r.test_acc is not None]
-        panels = [
-            ("flops", "FLOPs per image (forward pass)", "log"),
-            ("train_seconds", "training seconds", "linear"),
-        ]
-        for ax, (key, label, scale) in zip(fig.subplots(1, 2), panels):
-            xs = [getattr(r, key) for r in done]
-            ys = [100 * r.test_acc for r in done]
-            ax.scatter(xs, ys, color="tab:blue", zorder=3)
-            for r, x, y in zip(done, xs, ys):
-                ax.annotate(r.model, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=9)
-            ax.set_xscale(scale)
-            ax.set_xlabel(label)
-            ax.set_ylabel("test accuracy (%)")
-            if not done:
-                ax.text(0.5, 0.5, "no model finished", ha="center", va="center", transform=ax.transAxes)
-        fig.suptitle(
-            f"{comparison.dataset}: about {comparison.budget:g} s of training per model "
-            f"({comparison.device}, {comparison.precision})"
-        )
-        return fig
-
-    return draw()
+    channels = datasets.dataset_info(dataset).channels
+    rows = [_planned_row(name, recipe_for(name, generic=True)) for name in _check_models(models)]
+    return _settings_table(rows, channels)
 
 
 # ----------------------------------------------------------------------------- running the comparison
@@ -312,7 +225,7 @@ def compare(
     test_per_class: int | None = None,
     seed: int = 0,
     device: str | None = None,
-    settings: Mapping[str, Setting] | None = None,
+    recipes: Mapping[str, Recipe] | None = None,
     log: Callable[[str], Any] | None = print,
     on_row: Callable[[Comparison], Any] | None = None,
 ) -> Comparison:
@@ -320,20 +233,21 @@ def compare(
 
     - models: registered model names (default: `DEFAULT_MODELS` that are registered).
     - train_per_class, test_per_class: a class-balanced subset of that many images per class.
-    - settings: input side and options per model (default `SETTINGS`); a model missing from it
-      is built with its recipe's options, at its recipe's or its documented input size.
+    - recipes: a recipe per model name instead of its default one, e.g. a smaller input side:
+      ``{"nin": recipe_for("nin").with_overrides(resize=64)}``.
     - log: progress lines (None: silent). on_row: called with the comparison after every model,
       e.g. to save partial results.
 
-    A model that fails gets a row with its `error`; the others are not affected.
+    A recipe a model cannot be built with is an error before anything trains; a model that fails
+    while it trains gets a row with its `error`, and the others are not affected.
     """
-    from d2lcnn import data as datasets
-    from d2lcnn.train import pick_device, pick_precision
-
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise ConfigError(f"The budget is seconds of training per model and must be > 0, got {budget!r}.")
     info = datasets.dataset_info(dataset)
-    chosen = _check_models(models)
+    chosen = {
+        name: (recipes or {}).get(name) or recipe_for(name, generic=True) for name in _check_models(models)
+    }
+    rows = {name: _planned_row(name, recipe) for name, recipe in chosen.items()}  # a bad recipe fails here
     torch_device = pick_device(device)
     precision = pick_precision(torch_device, "auto")
     # Fail now, not once per model, if the data are missing or the subset is too large.
@@ -349,35 +263,31 @@ def compare(
     del probe
     say = log or (lambda line: None)
     say(result.header())
-    for i, name in enumerate(chosen, 1):
-        row = _planned_row(name, SETTINGS if settings is None else settings)
+    for i, (name, recipe) in enumerate(chosen.items(), 1):
+        row = rows[name]
         options = ", ".join(f"{k}={v}" for k, v in row.options.items())
         say(f"[{i}/{len(chosen)}] {name} at {row.input_size} px{f' ({options})' if options else ''}...")
-        recipe = _recipe(name)
+        settings = recipe.settings.replace(device=str(torch_device), precision=precision, seed=seed)
         spec = {
-            **asdict(row), "dataset": dataset, "budget": float(budget), "seed": seed,
+            "model": name, "input_size": row.input_size, "options": row.options, "batch_size": row.batch_size,
+            "settings": settings.as_dict(), "dataset": dataset, "budget": float(budget),
             "train_per_class": train_per_class, "test_per_class": test_per_class,
-            "device": str(torch_device), "precision": precision,
-            "weight_decay": recipe.weight_decay, "label_smoothing": recipe.label_smoothing,
         }  # fmt: skip
-        measured = _run_in_subprocess(spec)
-        for key, value in measured.items():
+        outcome = run_in_process("d2lcnn.compare:measure", spec)
+        for key, value in (outcome.result or {"error": outcome.error}).items():
             setattr(row, key, value)
         result.rows.append(row)
         if row.error:
             say(f"    failed: {row.error}")
         else:
-            steps = f"{row.steps:,} step{'s' if row.steps != 1 else ''}"
-            say(f"    {steps} ({row.epochs:.3g} epochs) in {row.train_seconds:.1f} s, "
-                f"test accuracy {row.test_acc:.1%}")  # fmt: skip
+            say(f"    {row.steps:,} steps ({row.epochs:.3g} epochs) in {row.train_seconds:.1f} s of "
+                f"{budget:g} s, test accuracy {row.test_acc:.1%}")  # fmt: skip
         if on_row is not None:
             on_row(result)
     return result
 
 
 def _check_models(models: Sequence[str] | None) -> list[str]:
-    from d2lcnn.models import list_models
-
     registered = list_models()
     if models is None:
         return [m for m in DEFAULT_MODELS if m in registered]
@@ -390,166 +300,129 @@ def _check_models(models: Sequence[str] | None) -> list[str]:
     return chosen
 
 
-def _recipe(name: str) -> Recipe:
-    return RECIPES.get(name, GENERIC_RECIPE)
+def _planned_row(name: str, recipe: Recipe) -> Row:
+    """The row of `name` before training: its settings, and its input side (the recipe's, else the
+    model's own). Builds the model on the meta device (no memory, no time): bad options fail here."""
+    with torch.device("meta"):
+        model = create(name, **recipe.model_options)
+    return Row(model=name, input_size=recipe.resize or model.input_size, options=dict(recipe.model_options),
+               optimizer=recipe.settings.optimizer, lr=recipe.settings.lr, batch_size=recipe.batch_size,
+               note=recipe.note)  # fmt: skip
 
 
-def _planned_row(name: str, settings: Mapping[str, Setting]) -> Row:
-    recipe = _recipe(name)
-    setting = settings.get(name)
-    if setting is None:  # the model's recipe says how to build it, the model its input size
-        from d2lcnn.models import create
-
-        with torch.device("meta"):  # only to read the input size: no memory, no time
-            size = recipe.resize or create(name, **recipe.model_options).input_size
-        setting = Setting(size, recipe.model_options, note="not in the settings table: as its recipe")
-    note = setting.note if recipe is not GENERIC_RECIPE else f"{setting.note}; no recipe: generic SGD"
-    return Row(model=name, input_size=setting.size, options=dict(setting.options), optimizer=recipe.optimizer,
-               lr=recipe.lr, batch_size=recipe.batch_size, note=note.strip("; "))  # fmt: skip
+# ----------------------------------------------------------------------------- inside a model's process
 
 
-def _run_in_subprocess(spec: dict) -> dict:
-    """Run `_train_one(spec)` in a fresh Python process; its measurements, or {'error': ...}."""
-    package_parent = str(Path(__file__).resolve().parents[1])
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])),
-    }
-    with tempfile.TemporaryDirectory(prefix="d2lcnn-compare-") as tmp:
-        out = Path(tmp) / "result.json"
-        command = [sys.executable, "-m", "d2lcnn.compare", json.dumps(spec), str(out)]
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        if out.is_file():
-            return json.loads(out.read_text())
-    if done.returncode < 0:
-        name = signal.Signals(-done.returncode).name
-        hint = " (out of memory?)" if name == "SIGKILL" else ""
-        return {"error": f"the process was killed by {name}{hint}"}
-    last = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no message"]
-    return {"error": _scrub(f"the process exited with code {done.returncode}: {last[0]}")}
+class WallClockSchedule:
+    """The learning-rate schedule of `settings` (one-cycle by default) laid over `seconds` of
+    wall-clock instead of a number of steps, and the batches that fit into those seconds.
+
+    After every step the learning rate is set for the share of the budget spent so far, so the
+    schedule ends when the budget does even if the pace changes on the way (another process
+    starts, the CPU throttles). A step is only started if, at the pace measured so far, it ends
+    less than half a step after the budget: training ends as near the budget as whole steps allow.
+    """
+
+    TICKS = 10_000  # the schedule's resolution: steps of `make_schedule` over the budget
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        settings: Settings,
+        seconds: float,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.schedule = make_schedule(optimizer, settings, self.TICKS)
+        self.seconds, self.clock = seconds, clock
+        self.steps = 0
+        self.start = clock()
+
+    def elapsed(self) -> float:
+        """Seconds since the schedule was made."""
+        return self.clock() - self.start
+
+    @property
+    def done(self) -> bool:
+        """Whether the next step would end further past the budget than half a step."""
+        return self.steps > 0 and self.elapsed() * (1 + 0.5 / self.steps) >= self.seconds
+
+    def step(self) -> None:
+        """After an optimizer step (`train_epoch` calls it): the learning rate for the time spent."""
+        self.steps += 1
+        spent = min(1.0, self.elapsed() / max(self.seconds, 1e-9))
+        self.schedule.last_epoch = int(self.TICKS * spent) - 1
+        self.schedule.step()
+
+    def batches(self, loader: Iterable) -> Iterator[Any]:
+        """The batches of `loader` until the budget is spent."""
+        for batch in loader:
+            yield batch  # the step on it is taken before this generator goes on
+            if self.done:
+                return
 
 
-def _scrub(text: str) -> str:
-    """`text` without this machine's absolute paths (working directory and home)."""
-    text = text.replace(str(Path.cwd()) + os.sep, "")
-    return text.replace(str(Path.home()), "~")
+def _train_for(model: nn.Module, loader: Any, settings: Settings, seconds: float) -> tuple[int, int, float]:
+    """Train `model` for about `seconds` of wall-clock (at least one step) with `settings`, over as
+    many passes of `loader` as fit; the steps, examples and seconds it took."""
+    if len(loader) == 0:
+        raise ConfigError(
+            f"The training set ({loader.num_examples} images) is smaller than one batch "
+            f"({loader.batch_size}): give a larger --train-per-class."
+        )
+    runtime = Runtime.for_model(model, settings.device, settings.precision, settings.channels_last)
+    optimizer = make_optimizer(model, settings)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    scaler, examples, epoch = runtime.grad_scaler(), 0, 0
+    model.train()
+    clock = WallClockSchedule(optimizer, settings, seconds)
+    while not clock.done:
+        loader.set_epoch(epoch)
+        sums = train_epoch(model, clock.batches(loader), optimizer, clock, loss_fn, runtime, scaler)
+        loss_sum, _, count = sums.tolist()  # waits for the device
+        if not math.isfinite(loss_sum):
+            raise TrainingDivergedError(
+                f"Training diverged: the loss became {loss_sum}. Lower the recipe's learning rate "
+                f"(now {settings.lr:g}), e.g. to {settings.lr / 10:g}."
+            )
+        examples, epoch = examples + int(count), epoch + 1
+    return clock.steps, examples, clock.elapsed()
 
 
-# ----------------------------------------------------------------------------- inside the subprocess
-
-
-def _train_one(spec: dict) -> dict:
-    """Build, time, train and evaluate one model as `spec` says; return its measurements."""
-    from d2lcnn import data as datasets
-    from d2lcnn.models import create
-    from d2lcnn.trace import trace
-    from d2lcnn.train import evaluate, fit
-
+def measure(spec: dict) -> dict:
+    """What one model's process does (`compare` starts it through `d2lcnn.worker`): build the model,
+    warm up, train it for the budget, evaluate it; its row's measurements."""
     info = datasets.dataset_info(spec["dataset"])
+    settings = Settings(**spec["settings"])
     size = spec["input_size"]
     data = datasets.load(
         spec["dataset"], batch_size=spec["batch_size"], train_per_class=spec["train_per_class"],
         test_per_class=spec["test_per_class"], resize=None if size == info.image_size else size,
-        device=spec["device"], seed=spec["seed"],
+        device=settings.device, seed=settings.seed,
     )  # fmt: skip
-    base_memory = None if torch.device(spec["device"]).type == "cuda" else _memory_mb("VmRSS")
+    on_cuda = torch.device(settings.device).type == "cuda"
+    base_memory = None if on_cuda else memory_mb(peak=False)
     options = {"num_classes": data.num_classes, "in_channels": data.in_channels, **spec["options"]}
 
-    def build() -> torch.nn.Module:
-        torch.manual_seed(spec["seed"])  # the same initial weights every time
+    def build() -> nn.Module:
+        seed_everything(settings.seed)  # the same initial weights every time
         return create(spec["model"], **options)
 
+    # One step of a throwaway copy allocates the memory and picks the kernels: not counted.
+    _, _, warmup = _train_for(build(), data.train, settings, seconds=0)
     model = build()
-    traced = trace(model, (data.in_channels, size, size))
-    train_only = SimpleNamespace(train=data.train, test=None, name=data.name)  # fit evaluates nothing
-    train = {
-        "lr": spec["lr"], "optimizer": spec["optimizer"], "weight_decay": spec["weight_decay"],
-        "label_smoothing": spec["label_smoothing"], "device": spec["device"], "precision": spec["precision"],
-        "seed": spec["seed"], "progress": False,
-    }  # fmt: skip
-    per_step, warmup = _seconds_per_step(model, train_only, spec["budget"], train)
-    del model  # timed on a throwaway copy: training starts from the initial weights
-    model = build()
-    steps = max(1, round(spec["budget"] / per_step))
-    steps_per_epoch = len(data.train)
-    history = fit(model, train_only, epochs=math.ceil(steps / steps_per_epoch), max_steps=steps, **train)
-    _, test_acc = evaluate(model, data.test, precision=spec["precision"])
-    seconds = history.total_seconds
-    examples = steps * min(data.train.batch_size, data.train.num_examples)
+    flops = trace(model, (data.in_channels, size, size)).total_flops
+    steps, examples, seconds = _train_for(model, data.train, settings, spec["budget"])
+    _, test_acc = evaluate(model, data.test, precision=settings.precision)
     return {
         "params": sum(p.numel() for p in model.parameters()),
-        "flops": traced.total_flops,
+        "flops": flops,
         "steps": steps,
-        "epochs": steps / steps_per_epoch,
+        "epochs": steps / len(data.train),
         "train_seconds": seconds,
         "epoch_seconds": data.train.num_examples * seconds / examples,
         "examples_per_s": examples / seconds,
-        "peak_memory_mb": _peak_memory_mb(torch.device(spec["device"])),
+        "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if on_cuda else memory_mb(),
         "base_memory_mb": base_memory,
         "test_acc": test_acc,
         "warmup_seconds": warmup,
     }
-
-
-def _seconds_per_step(model: torch.nn.Module, data: Any, budget: float, train: dict) -> tuple[float, float]:
-    """Seconds of one training step, timed with `fit` itself (same precision, memory format and
-    loader as the real run), and the seconds the timing took. Trains `model`: pass a throwaway."""
-    from d2lcnn.train import fit
-
-    def timed(steps: int) -> float:
-        epochs = math.ceil(steps / len(data.train))
-        return fit(model, data, epochs=epochs, max_steps=steps, **train).total_seconds
-
-    start = time.perf_counter()
-    first = timed(1)  # allocates memory and picks kernels: slower than the rest, so discarded
-    n = min(20, int(0.05 * budget / first))
-    # A slow step: one more is timing enough. A fast one: the difference of two runs cancels fit's
-    # fixed start-up cost.
-    per_step = timed(1) if n < 2 else (timed(1 + n) - timed(1)) / n
-    return max(per_step, 1e-6), time.perf_counter() - start
-
-
-def _memory_mb(field: str) -> float | None:
-    """A memory field of Linux's /proc/self/status in MB (VmRSS: now, VmHWM: peak), else None."""
-    try:
-        status = Path("/proc/self/status").read_text()
-        return int(re.search(rf"{field}:\s*(\d+) kB", status).group(1)) / 1024
-    except (OSError, AttributeError):
-        return None
-
-
-def _peak_memory_mb(device: torch.device) -> float | None:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # Linux's VmHWM is this process's own peak; ru_maxrss would include the parent's, inherited at fork.
-    peak = _memory_mb("VmHWM")
-    if peak is not None:
-        return peak
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
-
-
-def _shown(path: Path) -> str:
-    """`path` relative to the working directory, so no absolute path is ever printed."""
-    return os.path.relpath(path)
-
-
-def _worker(argv: list[str]) -> int:
-    """`python -m d2lcnn.compare SPEC_JSON RESULT_PATH`: what `_run_in_subprocess` starts."""
-    spec, out = json.loads(argv[0]), Path(argv[1])
-    try:
-        result = _train_one(spec)
-    except D2LCNNError as err:
-        result = {"error": _scrub(str(err))}
-    except Exception as err:  # any other failure of this model is reported in its row
-        result = {"error": _scrub(f"{type(err).__name__}: {err}".splitlines()[0])}
-    atomic_write(out, lambda f: f.write(json.dumps(result).encode()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1:]))

@@ -1,5 +1,5 @@
 """Figures for the course: training curves, image grids, predictions, confusion matrices,
-filters and feature maps.
+filters, feature maps and the comparison of architectures.
 
 Every function returns a matplotlib Figure that is already closed in pyplot: in a notebook it shows
 exactly once, as the cell's result (or with ``display(fig)``), as a PNG so the static site shows it.
@@ -12,8 +12,7 @@ from __future__ import annotations
 import io
 import math
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from functools import wraps
 from typing import Any
 
@@ -27,11 +26,13 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor, nn
 
 from d2lcnn.errors import CorruptDataError, InputShapeError, UnknownNameError, unknown_name
+from d2lcnn.runtime import evaluating, model_device
 
 __all__ = [
     "LivePlot",
     "confusion_matrix",
     "feature_maps",
+    "plot_comparison",
     "plot_confusion_matrix",
     "plot_history",
     "show_feature_maps",
@@ -319,16 +320,19 @@ def _check_same_length(name: str, values: Sequence | None, count: int) -> None:
         raise InputShapeError(f"Got {len(values)} {name} for {count} images: give one per image.")
 
 
+def _as_cpu_tensor(values: Any, what: str) -> Tensor:
+    """`values` (a tensor, array or list) as a tensor on the CPU; `what` says what was expected."""
+    try:
+        return torch.as_tensor(values.detach().cpu() if isinstance(values, Tensor) else values)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputShapeError(f"{what}, got {type(values).__name__}.") from None
+
+
 def _to_hwc(images: Any) -> list[np.ndarray]:
     """(N, C, H, W) images in [0, 1] (or uint8) as a list of (H, W) or (H, W, 3) numpy arrays."""
     if isinstance(images, (list, tuple)) and images and isinstance(images[0], Tensor):
         images = torch.stack([image.detach().cpu() for image in images])
-    try:
-        x = torch.as_tensor(images.detach().cpu() if isinstance(images, Tensor) else images)
-    except (TypeError, ValueError, RuntimeError):
-        raise InputShapeError(
-            f"show_images needs a tensor or array of images, got {type(images).__name__}."
-        ) from None
+    x = _as_cpu_tensor(images, "show_images needs a tensor or array of images")
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         hint = ""
         if x.ndim == 4 and x.shape[-1] in (1, 3):
@@ -382,29 +386,10 @@ def show_images(
 # ----------------------------------------------------------------------------- predictions
 
 
-def _model_place(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return torch.device("cpu"), torch.float32
-
-
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no autograd for the block, then the model's own mode back."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def _forward(model: nn.Module, x: Tensor) -> Tensor:
-    device, dtype = _model_place(model)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     try:
-        return model(x.to(device=device, dtype=dtype))
+        return model(x.to(device=model_device(model) or "cpu", dtype=dtype))
     except RuntimeError as err:
         raise InputShapeError(
             f"The model could not run on input of shape {tuple(x.shape)}: {err}. Check that the "
@@ -414,7 +399,7 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def _probabilities(model: nn.Module, x: Tensor, num_classes: int) -> Tensor:
-    """Softmax class probabilities (on CPU) for a batch; call inside _evaluating."""
+    """Softmax class probabilities (on CPU) for a batch; call inside `evaluating`."""
     logits = _forward(model, x)
     if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[1] != num_classes:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
@@ -455,7 +440,7 @@ def show_predictions(model: nn.Module, data: Any, n: int = 24, ncols: int = 8, s
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(labels), generator=generator)[:n].sort().values
     images, labels = images[chosen.to(images.device)], labels[chosen]
-    with _evaluating(model):
+    with evaluating(model):
         predicted = _probabilities(model, images, len(data.classes)).argmax(dim=1)
     wrong = (predicted != labels).tolist()
     return _image_grid(
@@ -479,7 +464,7 @@ def show_most_confused(model: nn.Module, data: Any, n: int = 16) -> Figure:
         raise InputShapeError(f"n must be at least 1, got {n}.")
     num_classes = len(data.classes)
     kept: dict[str, Tensor] | None = None
-    with _evaluating(model):
+    with evaluating(model):
         for x, y in data.test:
             y = torch.as_tensor(y).cpu()
             probabilities = _probabilities(model, x, num_classes)
@@ -521,16 +506,6 @@ def show_most_confused(model: nn.Module, data: Any, n: int = 16) -> Figure:
 # ----------------------------------------------------------------------------- confusion matrix
 
 
-def _as_label_tensor(name: str, values: Any) -> Tensor:
-    try:
-        tensor = torch.as_tensor(values.detach().cpu() if isinstance(values, Tensor) else values)
-    except (TypeError, ValueError, RuntimeError):
-        raise InputShapeError(
-            f"{name} must be a tensor, array or list of class indices, got {type(values).__name__}."
-        ) from None
-    return tensor
-
-
 def confusion_matrix(preds: Any, labels: Any, num_classes: int) -> Tensor:
     """Counts (num_classes, num_classes): row = true class, column = predicted class.
 
@@ -538,8 +513,8 @@ def confusion_matrix(preds: Any, labels: Any, num_classes: int) -> Tensor:
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise InputShapeError(f"num_classes must be a positive int, got {num_classes!r}.")
-    preds = _as_label_tensor("preds", preds)
-    labels = _as_label_tensor("labels", labels)
+    preds = _as_cpu_tensor(preds, "preds must be a tensor, array or list of class indices")
+    labels = _as_cpu_tensor(labels, "labels must be a tensor, array or list of class indices")
     if preds.ndim == 2 and preds.shape[1] == num_classes:
         preds = preds.argmax(dim=1)
     if preds.ndim != 1 or labels.ndim != 1 or len(preds) != len(labels):
@@ -654,16 +629,17 @@ def show_filters(model_or_conv: nn.Module, max_filters: int = 64) -> Figure:
         value_range = (-limit, limit)
     out_channels, in_channels, height, width = weight.shape
     layer = f"'{name}'" if name else type(conv).__name__
-    return _image_grid(
-        list(shown.numpy()),
-        ncols=8,
-        titles=[str(i) for i in range(len(shown))],
-        suptitle=(
-            f"Filters of conv layer {layer}: {len(shown)} of {out_channels}, "
-            f"{height}×{width}, {in_channels} input channel{'s' if in_channels > 1 else ''}"
-        ),
-        value_range=value_range,
+    suptitle = (
+        f"Filters of conv layer {layer}: {len(shown)} of {out_channels}, "
+        f"{height}×{width}, {in_channels} input channel{'s' if in_channels > 1 else ''}"
     )
+    return _numbered_grid(shown, suptitle, value_range=value_range)
+
+
+def _numbered_grid(panels: Tensor, suptitle: str, **style: Any) -> Figure:
+    """One numbered panel per filter or channel, eight to a row."""
+    titles = [str(i) for i in range(len(panels))]
+    return _image_grid(list(panels.numpy()), ncols=8, titles=titles, suptitle=suptitle, **style)
 
 
 def _leaf_call_order(model: nn.Module, x: Tensor) -> list[tuple[str, nn.Module]]:
@@ -749,7 +725,7 @@ def feature_maps(model: nn.Module, image: Tensor, layer: str | nn.Module | None 
             # clone: an in-place activation later in the network would overwrite this tensor
             captured.append(output.detach().clone() if isinstance(output, Tensor) else output)
 
-    with _evaluating(model):
+    with evaluating(model):
         if layer is None:
             name, module = _default_layer(model, x)
         else:
@@ -789,17 +765,42 @@ def show_feature_maps(
     module = dict(model.named_modules())[name]
     shown = maps[:max_maps]
     channels, height, width = maps.shape
-    return _image_grid(
-        list(shown.numpy()),
-        ncols=8,
-        titles=[str(i) for i in range(len(shown))],
-        suptitle=(
-            f"Feature maps of layer '{name}' ({type(module).__name__}): "
-            f"{len(shown)} of {channels} channels, {height}×{width}"
-        ),
-        cmap="viridis",
-        value_range=None,
+    suptitle = (
+        f"Feature maps of layer '{name}' ({type(module).__name__}): "
+        f"{len(shown)} of {channels} channels, {height}×{width}"
     )
+    return _numbered_grid(shown, suptitle, cmap="viridis", value_range=None)
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+@_styled
+def plot_comparison(comparison: Any) -> Figure:
+    """Two panels of a `d2lcnn.compare.Comparison`: test accuracy against FLOPs per image (log
+    scale) and against training seconds; each point is labelled with its model's name."""
+    fig = _new_figure(10, 4)
+    done = [r for r in comparison.rows if r.test_acc is not None]
+    panels = [
+        ("flops", "FLOPs per image (forward pass)", "log"),
+        ("train_seconds", "training seconds", "linear"),
+    ]
+    for ax, (key, label, scale) in zip(fig.subplots(1, 2), panels, strict=True):
+        xs = [getattr(r, key) for r in done]
+        ys = [100 * r.test_acc for r in done]
+        ax.scatter(xs, ys, color="tab:blue", zorder=3)
+        for r, x, y in zip(done, xs, ys, strict=True):
+            ax.annotate(r.model, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=9)
+        ax.set_xscale(scale)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%)")
+        if not done:
+            ax.text(0.5, 0.5, "no model finished", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(
+        f"{comparison.dataset}: about {comparison.budget:g} s of training per model "
+        f"({comparison.device}, {comparison.precision})"
+    )
+    return fig
 
 
 # ----------------------------------------------------------------------------- live training plot

@@ -5,6 +5,7 @@ Quick mode trains a few steps on tiny subsets, so only the table's form is check
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from d2lcnn.data import data_root
+from d2lcnn.errors import D2LCNNError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "speed.py"
@@ -155,3 +157,12 @@ def test_unknown_model_is_one_clear_error(tmp_path):
     assert "Unknown model 'resnet'. Did you mean 'resnet18'?" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_a_run_that_fails_is_one_clear_error_naming_it(monkeypatch):
+    spec = importlib.util.spec_from_file_location("speed", SCRIPT)
+    speed = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "speed", speed)  # its dataclasses look their module up there
+    spec.loader.exec_module(speed)
+    with pytest.raises(D2LCNNError, match=r"^The nope:d2lcnn run failed: KeyError: 'nope'$"):
+        speed.run_task("nope", "d2lcnn", quick=True)

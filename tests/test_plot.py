@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from d2lcnn import plot
+from d2lcnn.compare import Comparison, Row
 from d2lcnn.errors import CorruptDataError, InputShapeError, UnknownNameError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -380,6 +381,36 @@ def test_show_feature_maps_panels_and_errors():
         plot.show_feature_maps(model, torch.randn(3, 12, 12))
     with pytest.raises(InputShapeError, match="not a layer of this model"):
         plot.show_feature_maps(model, image, layer=nn.ReLU())
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def make_comparison(rows: list) -> Comparison:
+    return Comparison(
+        dataset="mnist", budget=10.0, device="cpu", precision="fp32", threads=2, torch="2", in_channels=1,
+        train_examples=300, test_examples=100, seed=0, memory="peak RSS", rows=rows,
+    )  # fmt: skip
+
+
+def test_plot_comparison_shows_accuracy_against_flops_and_seconds():
+    done = dict(input_size=28, options={}, optimizer="sgd", lr=0.1, batch_size=128)
+    rows = [
+        Row("lenet", **done, flops=800_000, train_seconds=9.8, test_acc=0.71),
+        Row("alexnet", **done, flops=1_900_000_000, train_seconds=10.4, test_acc=0.42),
+        Row("vgg11", **done, error="the process was killed by SIGKILL (out of memory?)"),
+    ]
+    fig = plot.plot_comparison(make_comparison(rows))
+    flops_ax, seconds_ax = fig.axes
+    assert flops_ax.get_xscale() == "log" and seconds_ax.get_xscale() == "linear"
+    for ax, xs in ((flops_ax, [800_000, 1_900_000_000]), (seconds_ax, [9.8, 10.4])):
+        assert [t.get_text() for t in ax.texts] == ["lenet", "alexnet"]  # the failed model has no point
+        points = ax.collections[0].get_offsets()
+        assert np.allclose(points, [[xs[0], 71.0], [xs[1], 42.0]])
+    assert "mnist" in fig._suptitle.get_text() and "10 s" in fig._suptitle.get_text()
+    assert png_bytes(fig).startswith(PNG_MAGIC)
+    empty = plot.plot_comparison(make_comparison(rows[2:]))
+    assert all("no model finished" in [t.get_text() for t in ax.texts] for ax in empty.axes)
 
 
 # ----------------------------------------------------------------------------- LivePlot
