@@ -15,7 +15,7 @@ class UnknownNameError(D2LCNNError, ValueError):
 
 
 class InputShapeError(D2LCNNError, ValueError):
-    """An input a model cannot take (too small, wrong channel count, not a batch)."""
+    """An input a model cannot take (too small, wrong channel count, not a batch, not float images)."""
 
 
 class DataNotFoundError(D2LCNNError, FileNotFoundError):

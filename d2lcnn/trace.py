@@ -8,13 +8,15 @@ counts as 2 FLOPs; element-wise ops such as ReLU, pooling and batch norm count a
 from __future__ import annotations
 
 import html
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from d2lcnn.errors import InputShapeError
+from d2lcnn.errors import ConfigError, InputShapeError
 from d2lcnn.models.base import explain_input_error, meta_state, run_on_meta
 
 
@@ -98,19 +100,41 @@ class Trace:
         )
 
 
-def trace(model: nn.Module, input_shape: tuple[int, ...] | list[int], depth: int | None = None) -> Trace:
+def parse_shape(shape: str | Sequence[int]) -> tuple[int, ...]:
+    """An input shape from '3x224x224' or (3, 224, 224): (C, H, W) or (N, C, H, W), whole numbers >= 1."""
+    if isinstance(shape, str):
+        parts = re.split(r"[x,*]", shape.lower())
+        sides = [int(p) if re.fullmatch(r"\s*[0-9]+\s*", p) else None for p in parts]
+    elif isinstance(shape, Sequence):  # tuples, lists and torch.Size; numpy integers pass, floats do not
+        sides = [None if isinstance(s, bool) or not hasattr(s, "__index__") else s.__index__() for s in shape]
+    else:
+        sides = [None]
+    if len(sides) not in (3, 4) or any(s is None or s < 1 for s in sides):
+        raise InputShapeError(
+            f"{shape!r} is not an input shape: give (C, H, W) or (N, C, H, W) as whole numbers >= 1, "
+            "e.g. (1, 28, 28) or '1x28x28'."
+        )
+    return tuple(sides)
+
+
+def trace(model: nn.Module, input_shape: str | Sequence[int], depth: int | None = None) -> Trace:
     """Trace one forward pass of `model` on an input of `input_shape`, layer by layer.
 
     Args:
         model: any `nn.Module`; d2lcnn models also explain an input they cannot take.
-        input_shape: (C, H, W) for one image, or (N, C, H, W).
+        input_shape: (C, H, W) for one image, or (N, C, H, W); or a string such as '1x28x28'.
         depth: show modules nested at most this deep (1: only the model's direct children, so blocks
             show collapsed); None shows every layer.
 
     Returns:
         A `Trace`; print it, or leave it last in a notebook cell for an HTML table.
     """
-    shape = tuple(int(s) for s in input_shape)
+    shape = parse_shape(input_shape)
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+        raise ConfigError(
+            f"depth={depth!r} is not valid: give a whole number >= 1 (1: only the model's direct "
+            "children), or None (the default) for every layer."
+        )
     if len(shape) == 3:
         shape = (1, *shape)
     names = {id(m): n for n, m in model.named_modules() if m is not model}

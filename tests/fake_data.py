@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 
-def make_mnist_like(root: Path, per_class: int = 30, seed: int = 0) -> None:
-    """A tiny mnist.npz whose classes are separable: class k has a bright band at rows 2 + 2k."""
+def make_mnist_like(root: Path, per_class: int = 30, seed: int = 0, name: str = "mnist") -> None:
+    """A tiny <name>.npz (mnist or fashion_mnist) whose classes are separable: class k has a bright
+    band at rows 2 + 2k."""
     rng = np.random.default_rng(seed)
 
     def split(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -22,6 +23,6 @@ def make_mnist_like(root: Path, per_class: int = 30, seed: int = 0) -> None:
     test_x, test_y = split(per_class // 3)
     root.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
-        root / "mnist.npz", train_images=train_x, train_labels=train_y, test_images=test_x,
+        root / f"{name}.npz", train_images=train_x, train_labels=train_y, test_images=test_x,
         test_labels=test_y, classes=np.array([str(i) for i in range(10)]),
     )  # fmt: skip

@@ -8,13 +8,13 @@ import torch
 import torchvision
 from torch import nn
 
-from d2lcnn.errors import InputShapeError, UnknownNameError
-from d2lcnn.models import accepted_sizes, create, list_models, model_doc
+from d2lcnn.errors import ConfigError, InputShapeError, UnknownNameError
+from d2lcnn.models import VGG, LeNet, accepted_sizes, create, list_models, model_doc
 from d2lcnn.models.batchnorm import BatchNorm
 from d2lcnn.models.densenet import DenseBlock, transition_block
 from d2lcnn.models.googlenet import Inception
 from d2lcnn.models.nin import nin_block
-from d2lcnn.recipes import RECIPES
+from d2lcnn.settings import RECIPES
 from d2lcnn.trace import trace
 
 # (name, options, input shape) for every model at each size it documents.
@@ -214,6 +214,86 @@ def test_unknown_option_names_the_valid_options():
         create("vgg11", widht=0.5)
     with pytest.raises(UnknownNameError, match="Did you mean 'cifar'"):
         create("resnet18", stem="cifa")
+
+
+WIDTH_MODELS = ["densenet", "googlenet", "nin", "resnet18", "resnet34", "vgg11", "vgg13", "vgg16", "vgg19"]
+
+
+@pytest.mark.parametrize(
+    "option, value, valid",
+    [
+        ("num_classes", 0, "whole number >= 1"),
+        ("num_classes", 10.0, "whole number >= 1"),
+        ("in_channels", 0, "whole number >= 1"),
+        ("in_channels", -3, "whole number >= 1"),
+    ],
+)
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_refuses_a_bad_class_or_channel_count(name, option, value, valid):
+    with pytest.raises(ConfigError) as err:
+        create(name, **{option: value})
+    assert f"{option}={value!r}" in str(err.value) and valid in str(err.value)
+
+
+@pytest.mark.parametrize("value", [0, -1, 0.0, float("nan"), float("inf"), "half", True])
+@pytest.mark.parametrize("name", WIDTH_MODELS)
+def test_every_model_with_a_width_refuses_a_width_that_is_not_positive(name, value):
+    with pytest.raises(ConfigError) as err:
+        create(name, width=value)
+    assert f"width={value!r}" in str(err.value) and "> 0" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "name, options, valid",
+    [
+        ("vgg11", {"dropout": 1.0}, "[0, 1)"),
+        ("vgg11", {"dropout": -0.1}, "[0, 1)"),
+        ("vgg11", {"batch_norm": "false"}, "True or False"),  # the string is truthy: it would add BN
+        ("lenet_modern", {"batch_norm": 0}, "True or False"),
+        ("lenet_bn", {"scratch": "yes"}, "True or False"),
+        ("densenet", {"growth_rate": 0}, "whole number >= 1"),
+        ("densenet", {"arch": 4}, "list of whole numbers"),
+        ("densenet", {"arch": ()}, "non-empty"),
+        ("densenet", {"arch": (4, 0)}, "whole numbers >= 1"),
+    ],
+)
+def test_other_nonsense_options_name_the_option_value_and_range(name, options, valid):
+    ((option, value),) = options.items()
+    with pytest.raises(ConfigError) as err:
+        create(name, **options)
+    assert f"{option}={value!r}" in str(err.value) and valid in str(err.value)
+
+
+def test_the_models_without_a_width_option_are_the_others():
+    for name in set(list_models()) - set(WIDTH_MODELS):
+        with pytest.raises(UnknownNameError, match="'width'"):
+            create(name, width=0.5)
+
+
+def test_model_classes_check_their_options_without_create():
+    with pytest.raises(ConfigError, match="num_classes=0"):
+        LeNet(num_classes=0)
+    with pytest.raises(ConfigError, match="width=0"):
+        VGG([8, "M"], width=0)
+
+
+def test_num_classes_is_the_number_of_outputs_even_after_the_head_is_replaced():
+    for name, options, _ in DOCUMENTED:
+        with torch.device("meta"):  # layer sizes without the memory
+            model = create(name, **options)
+        assert model.num_classes == options.get("num_classes", 10), name
+    model = create("resnet18", num_classes=1000)
+    model.fc = nn.Linear(model.fc.in_features, 7)  # a new head for transfer learning
+    assert model.num_classes == 7
+    assert create("nin", num_classes=5).num_classes == 5  # NiN ends in a convolution, not a linear layer
+
+
+def test_integer_images_are_refused_with_the_conversion_to_make():
+    images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    with pytest.raises(InputShapeError) as err:
+        create("lenet")(images)
+    assert "torch.uint8" in str(err.value) and "x.float() / 255" in str(err.value)
+    assert "normalise" in str(err.value)
 
 
 def test_too_small_input_names_layer_shape_and_smallest_size():

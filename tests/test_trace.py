@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from d2lcnn.errors import InputShapeError
+from d2lcnn.errors import ConfigError, InputShapeError
 from d2lcnn.models import create, list_models
 from d2lcnn.trace import trace
 
@@ -95,3 +95,36 @@ def test_trace_explains_wrong_channels():
 def test_repr_is_the_readable_table():
     table = trace(create("lenet"), (1, 28, 28))
     assert repr(table) == str(table) and "features.0" in repr(table)
+
+
+@pytest.mark.parametrize(
+    "shape", ["1x28x28", "1, 28, 28", [1, 28, 28], torch.Size([1, 28, 28]), (2, 1, 28, 28)]
+)
+def test_shape_as_a_string_list_or_size(shape):
+    table = trace(create("lenet"), shape)
+    assert table.input_shape[1:] == (1, 28, 28) and table.output_shape[1] == 10
+
+
+@pytest.mark.parametrize(
+    "shape, shown",
+    [
+        ((1, 28.0, 28), "(1, 28.0, 28)"),  # a float side would have been truncated silently
+        ("1x28", "'1x28'"),
+        ("1x28.5x28", "'1x28.5x28'"),
+        ((0, 28, 28), "(0, 28, 28)"),
+        ((True, 28, 28), "(True, 28, 28)"),
+        (28, "28"),
+        ((1, 2, 3, 4, 5), "(1, 2, 3, 4, 5)"),
+    ],
+)
+def test_a_shape_that_is_not_whole_sides_says_how_to_write_one(shape, shown):
+    with pytest.raises(InputShapeError) as err:
+        trace(create("lenet"), shape)
+    message = str(err.value)
+    assert message.startswith(f"{shown} is not an input shape") and "'1x28x28'" in message
+
+
+@pytest.mark.parametrize("depth", [0, -1, 1.5])
+def test_depth_must_be_a_whole_number_from_1(depth):
+    with pytest.raises(ConfigError, match=f"depth={depth}.*whole number >= 1"):
+        trace(create("lenet"), (1, 28, 28), depth=depth)

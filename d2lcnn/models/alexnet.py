@@ -28,7 +28,7 @@ class AlexNet(Classifier):
     """Five convolutions and three linear layers; `paper=True` gives the second source's form."""
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, paper: bool = False) -> None:
-        super().__init__(in_channels=in_channels, input_size=227 if paper else 224)
+        super().__init__(num_classes, in_channels, input_size=227 if paper else 224, paper=paper)
 
         def lrn() -> list[nn.Module]:
             return [nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2)] if paper else []

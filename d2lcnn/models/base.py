@@ -8,8 +8,9 @@ layer that failed, the shape that reached it, and the input sizes the model does
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 
@@ -17,25 +18,89 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from d2lcnn.errors import InputShapeError
+from d2lcnn.errors import ConfigError, InputShapeError
 
 _probing = threading.local()
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# What each model option must be: (test, the valid values in words).
+OPTION_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "num_classes": (_is_count, "a whole number >= 1 (one output per class)"),
+    "in_channels": (_is_count, "a whole number >= 1 (1 for grey images, 3 for colour)"),
+    "width": (
+        lambda v: _is_number(v) and v > 0,
+        "a number > 0 that scales the channel counts (1.0: as published, 0.5: half)",
+    ),
+    "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a probability in [0, 1)"),
+    "growth_rate": (_is_count, "a whole number >= 1 (channels each convolution adds)"),
+    "arch": (
+        lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_count(n) for n in v),
+        "a non-empty list of whole numbers >= 1 (convolutions per dense block), e.g. (4, 4, 4, 4)",
+    ),
+    "batch_norm": (lambda v: isinstance(v, bool), "True or False"),
+    "scratch": (lambda v: isinstance(v, bool), "True or False"),
+    "paper": (lambda v: isinstance(v, bool), "True or False"),
+}
+
+
+def check_options(**options: object) -> None:
+    """Raise a ConfigError naming the option, its value and the valid range for the first bad one.
+
+    Options without a rule in OPTION_RULES (such as `head` or `stem`, which their model checks
+    against its own list) are left alone.
+    """
+    for name, value in options.items():
+        if name in OPTION_RULES and not OPTION_RULES[name][0](value):
+            raise ConfigError(f"{name}={value!r} is not valid: {name} must be {OPTION_RULES[name][1]}.")
+
+
+def scaled(channels: int, width: float) -> int:
+    """`channels` scaled by `width`, at least 1."""
+    return max(1, round(channels * width))
 
 
 class Classifier(nn.Module):
     """Base class of every d2lcnn model.
 
     Args:
+        num_classes: outputs of the model, one per class.
         in_channels: channels of the input images (1 for MNIST-like, 3 for colour).
         input_size: the side length, in pixels, of the images the model is documented for.
+        options: the model's other options, checked against OPTION_RULES.
     """
 
-    def __init__(self, in_channels: int, input_size: int) -> None:
+    def __init__(self, num_classes: int, in_channels: int, input_size: int, **options: object) -> None:
+        check_options(num_classes=num_classes, in_channels=in_channels, **options)
         super().__init__()
         self.in_channels = in_channels
         self.input_size = input_size
 
+    @property
+    def num_classes(self) -> int:
+        """Outputs of the last linear or convolution layer: still right after the head is replaced."""
+        for module in reversed(list(self.modules())):
+            if isinstance(module, nn.Linear):
+                return module.out_features
+            if isinstance(module, nn.Conv2d):
+                return module.out_channels
+        raise AttributeError(f"{type(self).__name__} has no linear or convolution layer")
+
     def __call__(self, *args, **kwargs):
+        if args and torch.is_tensor(args[0]) and not args[0].is_floating_point():
+            name = getattr(self, "name", type(self).__name__)
+            raise InputShapeError(
+                f"{name} takes float images normalised like its training data; got a {args[0].dtype} "
+                "tensor. Convert it first, e.g. x.float() / 255, then normalise with the training "
+                "data's mean and std (d2lcnn.data.load does both)."
+            )
         try:
             return super().__call__(*args, **kwargs)
         except RuntimeError:

@@ -27,7 +27,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from d2lcnn.models.base import Classifier
+from d2lcnn.models.base import Classifier, scaled
 from d2lcnn.models.registry import register
 
 
@@ -82,9 +82,8 @@ class DenseNet(Classifier):
         arch: tuple[int, ...] = (4, 4, 4, 4),
         width: float = 1.0,
     ) -> None:
-        super().__init__(in_channels=in_channels, input_size=96)
-        channels = max(1, round(64 * width))
-        growth_rate = max(1, round(growth_rate * width))
+        super().__init__(num_classes, in_channels, 96, growth_rate=growth_rate, arch=arch, width=width)
+        channels, growth_rate = scaled(64, width), scaled(growth_rate, width)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, channels, kernel_size=7, stride=2, padding=3),
             nn.BatchNorm2d(channels), nn.ReLU(),
@@ -118,4 +117,4 @@ def densenet(
     width: float = 1.0,
 ) -> DenseNet:
     """DenseNet as in d2l: four dense blocks of 4 convolutions, growth rate 32. Input: C x 96 x 96."""
-    return DenseNet(num_classes, in_channels, growth_rate, tuple(arch), width)
+    return DenseNet(num_classes, in_channels, growth_rate, arch, width)

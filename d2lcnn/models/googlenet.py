@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from d2lcnn.models.base import Classifier
+from d2lcnn.models.base import Classifier, scaled
 from d2lcnn.models.registry import register
 
 # (c1, (c2 reduce, c2), (c3 reduce, c3), c4) of each Inception block, stage by stage, as in d2l.
@@ -73,10 +73,10 @@ class GoogLeNet(Classifier):
     """Stem b1, b2; Inception stages b3, b4, b5; then a linear layer `fc` on the pooled 1024 channels."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: float = 1.0) -> None:
-        super().__init__(in_channels=in_channels, input_size=96)
+        super().__init__(num_classes, in_channels, input_size=96, width=width)
 
         def w(channels: int) -> int:
-            return max(1, round(channels * width))
+            return scaled(channels, width)
 
         def pool() -> nn.MaxPool2d:
             return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)

@@ -41,7 +41,7 @@ class LeNet(Classifier):
         batch_norm: bool = False,
         norm_layer: Callable[[int, int], nn.Module] = torch_batch_norm,
     ) -> None:
-        super().__init__(in_channels=in_channels, input_size=28)
+        super().__init__(num_classes, in_channels, input_size=28, batch_norm=batch_norm)
 
         def block(layer: nn.Module, width: int, num_dims: int) -> list[nn.Module]:
             """`layer`, then batch norm if asked for, then the activation."""

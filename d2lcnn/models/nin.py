@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from d2lcnn.models.base import Classifier
+from d2lcnn.models.base import Classifier, scaled
 from d2lcnn.models.registry import register
 
 
@@ -40,8 +40,8 @@ class NiN(Classifier):
     def __init__(
         self, num_classes: int = 10, in_channels: int = 1, width: float = 1.0, dropout: float = 0.5
     ) -> None:
-        super().__init__(in_channels=in_channels, input_size=224)
-        c1, c2, c3 = (max(1, round(c * width)) for c in (96, 256, 384))
+        super().__init__(num_classes, in_channels, input_size=224, width=width, dropout=dropout)
+        c1, c2, c3 = (scaled(c, width) for c in (96, 256, 384))
         self.features = nn.Sequential(
             nin_block(in_channels, c1, kernel_size=11, stride=4, padding=0),
             nn.MaxPool2d(kernel_size=3, stride=2),

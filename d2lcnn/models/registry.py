@@ -8,6 +8,7 @@ from collections.abc import Callable
 from torch import nn
 
 from d2lcnn.errors import UnknownNameError, unknown_name
+from d2lcnn.models.base import check_options
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -32,6 +33,7 @@ def model_doc(name: str) -> str:
 def create(name: str, **kwargs) -> nn.Module:
     """Build the model `name` (see `list_models()`); keyword arguments go to its builder.
 
+    A bad option value (e.g. width=0 or num_classes=0) is a ConfigError naming the valid range.
     Example: ``create("resnet18", num_classes=10, stem="cifar")``.
     """
     builder = _builder(name)
@@ -44,6 +46,7 @@ def create(name: str, **kwargs) -> nn.Module:
             err = unknown_name("option", key, accepted)
             hints.append(str(err).split(" Valid")[0])
         raise UnknownNameError(f"{name} got {' '.join(hints)} Its options are: {options}.")
+    check_options(**kwargs)  # here too for the options a builder handles itself (lenet_bn's scratch)
     model = builder(**kwargs)
     model.name = name
     return model

@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import nn
 
 from d2lcnn.errors import unknown_name
-from d2lcnn.models.base import Classifier
+from d2lcnn.models.base import Classifier, scaled
 from d2lcnn.models.registry import register
 
 
@@ -59,8 +59,8 @@ class ResNet(Classifier):
     ) -> None:
         if stem not in ("imagenet", "cifar"):
             raise unknown_name("stem", stem, ("imagenet", "cifar"))
-        super().__init__(in_channels=in_channels, input_size=224 if stem == "imagenet" else 32)
-        channels = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
+        super().__init__(num_classes, in_channels, 224 if stem == "imagenet" else 32, width=width)
+        channels = [scaled(c, width) for c in (64, 128, 256, 512)]
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, channels[0], 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)

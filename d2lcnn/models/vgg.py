@@ -11,10 +11,12 @@ classes). `width` scales every convolution's channels: d2l trains a VGG-11 with 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from d2lcnn.errors import unknown_name
-from d2lcnn.models.base import Classifier
+from d2lcnn.models.base import Classifier, scaled
 from d2lcnn.models.registry import register
 
 CONFIGS: dict[str, list[int | str]] = {
@@ -69,10 +71,12 @@ class VGG(Classifier):
         if head not in HEADS:
             raise unknown_name("head", head, HEADS)
         pooled, hidden, input_size = HEADS[head]
-        super().__init__(in_channels=in_channels, input_size=input_size)
+        super().__init__(
+            num_classes, in_channels, input_size, batch_norm=batch_norm, width=width, dropout=dropout
+        )
         blocks = []
         for num_convs, channels in blocks_of(config):
-            channels = max(1, round(channels * width))
+            channels = scaled(channels, width)
             blocks.append(vgg_block(num_convs, in_channels, channels, batch_norm))
             in_channels = channels
         self.features = nn.Sequential(*blocks)
@@ -98,37 +102,24 @@ class VGG(Classifier):
         return self.classifier(self.avgpool(self.features(x)))
 
 
-@register
-def vgg11(
-    num_classes: int = 10, in_channels: int = 3, batch_norm: bool = False,
-    head: str = "imagenet", width: float = 1.0, dropout: float = 0.5,
-) -> VGG:  # fmt: skip
-    """VGG-11 (config A). Input: C x 224 x 224 (head="imagenet"), C x 32 x 32 ("cifar")."""
-    return VGG(CONFIGS["vgg11"], num_classes, in_channels, batch_norm, head, width, dropout)
+def _builder(name: str, config_letter: str) -> Callable[..., VGG]:
+    """The registered builder of one depth: the same options for all four."""
+
+    def build(
+        num_classes: int = 10, in_channels: int = 3, batch_norm: bool = False,
+        head: str = "imagenet", width: float = 1.0, dropout: float = 0.5,
+    ) -> VGG:  # fmt: skip
+        return VGG(CONFIGS[name], num_classes, in_channels, batch_norm, head, width, dropout)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = (
+        f'VGG-{name[3:]} (config {config_letter}). Input: C x 224 x 224 (head="imagenet"), '
+        'C x 32 x 32 ("cifar").'
+    )
+    return register(build)
 
 
-@register
-def vgg13(
-    num_classes: int = 10, in_channels: int = 3, batch_norm: bool = False,
-    head: str = "imagenet", width: float = 1.0, dropout: float = 0.5,
-) -> VGG:  # fmt: skip
-    """VGG-13 (config B). Input: C x 224 x 224 (head="imagenet"), C x 32 x 32 ("cifar")."""
-    return VGG(CONFIGS["vgg13"], num_classes, in_channels, batch_norm, head, width, dropout)
-
-
-@register
-def vgg16(
-    num_classes: int = 10, in_channels: int = 3, batch_norm: bool = False,
-    head: str = "imagenet", width: float = 1.0, dropout: float = 0.5,
-) -> VGG:  # fmt: skip
-    """VGG-16 (config D). Input: C x 224 x 224 (head="imagenet"), C x 32 x 32 ("cifar")."""
-    return VGG(CONFIGS["vgg16"], num_classes, in_channels, batch_norm, head, width, dropout)
-
-
-@register
-def vgg19(
-    num_classes: int = 10, in_channels: int = 3, batch_norm: bool = False,
-    head: str = "imagenet", width: float = 1.0, dropout: float = 0.5,
-) -> VGG:  # fmt: skip
-    """VGG-19 (config E). Input: C x 224 x 224 (head="imagenet"), C x 32 x 32 ("cifar")."""
-    return VGG(CONFIGS["vgg19"], num_classes, in_channels, batch_norm, head, width, dropout)
+vgg11 = _builder("vgg11", "A")
+vgg13 = _builder("vgg13", "B")
+vgg16 = _builder("vgg16", "D")
+vgg19 = _builder("vgg19", "E")
