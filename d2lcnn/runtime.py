@@ -1,8 +1,5 @@
-"""Where and how a model runs: device, precision, memory format, seeding and distributed set-up.
-
-Everything here is decided once, in one place, and used by training, evaluation, plotting and the
-command line alike.
-"""
+"""Where and how a model runs: device, precision, memory format, seeding and torchrun set-up,
+decided in one place for training, evaluation, plots and the command line."""
 
 from __future__ import annotations
 
@@ -12,7 +9,6 @@ import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,13 +17,7 @@ from torch import nn
 from d2lcnn.errors import ConfigError, unknown_name
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-_PRECISION_ALIASES = {
-    "bfloat16": "bf16",
-    "float16": "fp16",
-    "half": "fp16",
-    "float32": "fp32",
-    "float": "fp32",
-}
+_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -36,10 +26,7 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
@@ -59,26 +46,14 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AMX or AVX512-BF16), which makes bf16 faster."""
-    cpu = getattr(torch._C, "_cpu", None)
-    probes = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    probes = [probe for probe in probes if probe is not None]
-    if probes:
-        return any(probe() for probe in probes)
     if "AMX" in torch.backends.cpu.get_cpu_capability():
         return True
-    try:  # torch builds without those probes: Linux lists the CPU's feature flags
+    try:  # torch names AMX only in some builds; Linux lists the CPU's feature flags
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "")
     except OSError:
         return False
     return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
-
-
-def _cuda_has_bf16() -> bool:
-    try:  # a T4 only emulates bf16 (slowly); fp16 is the fast choice there
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch < 2.3 has no including_emulation
-        return torch.cuda.is_bf16_supported()
 
 
 def pick_precision(device: str | torch.device, precision: str = "auto") -> str:
@@ -88,12 +63,13 @@ def pick_precision(device: str | torch.device, precision: str = "auto") -> str:
     bf16 natively (AMX or AVX512-BF16), else fp32; fp32 on other devices.
     """
     device = torch.device(device)
-    name = _PRECISION_ALIASES.get(str(precision).lower(), str(precision).lower())
+    name = _ALIASES.get(str(precision).lower(), str(precision).lower())
     if name not in PRECISIONS:
         raise unknown_name("precision", str(precision), PRECISIONS)
     if device.type == "cuda":
         if name == "auto":
-            return "bf16" if _cuda_has_bf16() else "fp16"
+            # a T4 only emulates bf16 (slowly): fp16 is the fast choice there
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         if name == "bf16" and not torch.cuda.is_bf16_supported():
             raise ConfigError("This GPU does not support bf16: use precision='fp16' or 'fp32'.")
         return name
@@ -173,12 +149,9 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
 
-    def grad_scaler(self) -> Any:
+    def grad_scaler(self) -> torch.amp.GradScaler:
         """A GradScaler, active only for fp16 (bf16 and fp32 need none)."""
-        enabled = self.precision == "fp16"
-        if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
-            return torch.amp.GradScaler(self.device.type, enabled=enabled)
-        return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
 
 def model_device(model: nn.Module) -> torch.device | None:

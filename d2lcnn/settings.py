@@ -1,11 +1,6 @@
-"""Training settings: one validated dataclass, and the recipe each model trains with by default.
-
-`Settings` lists every setting of `fit` once; a bad value fails when the settings are made, with a
-message naming the value and the fix. `RECIPES` says how each model trains when the command line
-is given only `--model`: its dataset, data options, model options and `Settings`. The numbers are
-for a short run on a CPU or one Colab GPU; every one can be overridden (`d2lcnn train --help`, or
-`fit(..., lr=0.05)`).
-"""
+"""Training settings: `Settings`, every setting of `fit` once, validated when made; and `RECIPES`,
+how each model trains by default (dataset, data and model options, settings) for a short run on a
+CPU or one Colab GPU. Every value can be overridden: `d2lcnn train --help`, or `fit(..., lr=0.05)`."""
 
 from __future__ import annotations
 
@@ -45,48 +40,17 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_scale", dict(self.lr_scale or {}))
-        _need(
-            _is_int(self.epochs) and self.epochs >= 1,
-            f"epochs must be a whole number >= 1, got {self.epochs!r}.",
-        )
-        _need(
-            _is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0,
-            f"lr must be a finite number > 0, got {self.lr!r}: try 0.1 for SGD or 1e-3 for AdamW.",
-        )
         if self.optimizer not in OPTIMIZERS:
             raise unknown_name("optimizer", str(self.optimizer), OPTIMIZERS)
         if self.schedule not in SCHEDULES:
             raise unknown_name("schedule", str(self.schedule), SCHEDULES)
-        _need(
-            _is_number(self.momentum) and 0 <= self.momentum < 1,
-            f"momentum must be in [0, 1), got {self.momentum!r}.",
-        )
-        _need(
-            _is_number(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-            f"weight_decay must be >= 0, got {self.weight_decay!r}.",
-        )
-        _need(
-            _is_number(self.warmup) and 0 <= self.warmup < 1,
-            f"warmup is a fraction of all steps in [0, 1), got {self.warmup!r}.",
-        )
-        _need(
-            _is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
-            f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}.",
-        )
-        for name, scale in self.lr_scale.items():
-            _need(
-                _is_number(scale) and math.isfinite(scale) and scale >= 0,
-                f"lr_scale[{name!r}] must be a number >= 0, got {scale!r}.",
-            )
-        _need(_is_int(self.seed) and self.seed >= 0, f"seed must be a whole number >= 0, got {self.seed!r}.")
-        _need(
-            self.max_steps is None or (_is_int(self.max_steps) and self.max_steps >= 1),
-            f"max_steps must be None or a whole number >= 1, got {self.max_steps!r}.",
-        )
-        _need(
-            _is_int(self.eval_every) and self.eval_every >= 1,
-            f"eval_every must be a whole number >= 1 (epochs between evaluations), got {self.eval_every!r}.",
-        )
+        checks = [(name, getattr(self, name), rule) for name, rule in _RULES.items()]
+        checks += [
+            (f"lr_scale[{name!r}]", scale, _RULES["weight_decay"]) for name, scale in self.lr_scale.items()
+        ]
+        for name, value, (ok, what) in checks:
+            if not ok(value):
+                raise ConfigError(f"{name} must be {what}, got {value!r}.")
 
     def replace(self, **changes) -> Settings:
         """A copy with `changes` applied (validated like the original); unknown names are an error."""
@@ -113,12 +77,21 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _need(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
+# What each numeric setting must be: (test, the words that say so in an error).
+_RULES = {
+    "epochs": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "lr": (lambda v: _is_number(v) and v > 0, "a finite number > 0 (try 0.1 for SGD, 1e-3 for AdamW)"),
+    "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "warmup": (lambda v: _is_number(v) and 0 <= v < 1, "a fraction of all steps in [0, 1)"),
+    "label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
+    "seed": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+    "max_steps": (lambda v: v is None or (_is_int(v) and v >= 1), "None or a whole number >= 1"),
+    "eval_every": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1 (epochs between evaluations)"),
+}
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -144,14 +117,9 @@ class Recipe:
         recipe = dataclasses.replace(
             self, settings=settings, **{k: v for k, v in changes.items() if k in own}
         )
-        _need(
-            _is_int(recipe.batch_size) and recipe.batch_size >= 1,
-            f"batch_size must be >= 1, got {recipe.batch_size!r}.",
-        )
-        _need(
-            recipe.resize is None or recipe.resize >= 1,
-            f"resize must be a side in pixels >= 1, got {recipe.resize!r}.",
-        )
+        for name, value in (("batch_size", recipe.batch_size), ("resize", recipe.resize or 1)):
+            if not (_is_int(value) and value >= 1):
+                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}.")
         return recipe
 
 

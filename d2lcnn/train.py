@@ -33,8 +33,6 @@ from d2lcnn.runtime import (
     evaluating,
     join_group,
     model_name,
-    pick_channels_last,
-    pick_precision,
     seed_everything,
 )
 from d2lcnn.settings import Settings
@@ -101,11 +99,7 @@ def fit(
     if group.world > 1:
         train_loader = train_loader.shard(group.rank, group.world)
         test_loader = test_loader and test_loader.shard(group.rank, group.world)
-    runtime = Runtime(
-        device,
-        pick_precision(device, settings.precision),
-        pick_channels_last(model, device, settings.channels_last),
-    )
+    runtime = Runtime.for_model(model, device, settings.precision, settings.channels_last)
     # Every rank must take the same number of steps, or DDP's gradient all-reduce would hang.
     steps_per_epoch = int(group.all_reduce(torch.tensor(len(train_loader), device=device), "min").item())
     if steps_per_epoch == 0:
@@ -113,7 +107,6 @@ def fit(
     total_steps = min(settings.epochs * steps_per_epoch, settings.max_steps or math.inf)
 
     seed_everything(settings.seed)
-    runtime.place(model)
     if settings.compile:
         model.compile()  # in place: d2lcnn models keep their own __call__ that explains bad inputs
     optimizer = make_optimizer(model, settings)
