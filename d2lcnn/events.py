@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from d2lcnn.checkpoint import (
     EpochStats,
@@ -98,8 +99,6 @@ class Progress:
         if not self.show_bar:
             return
         if self.bar is None:
-            from tqdm.auto import tqdm
-
             total = min(run.steps_per_epoch, run.total_steps - run.global_step)
             self.bar = tqdm(total=total, desc=f"epoch {run.epoch + 1}/{run.epochs}", leave=False)
         self.bar.update(1)

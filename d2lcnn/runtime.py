@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from d2lcnn.errors import ConfigError, unknown_name
@@ -204,16 +205,12 @@ class Group:
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """Sum (or min) `tensor` over all processes, in place; returns it."""
         if self.world > 1:
-            import torch.distributed as dist
-
             dist.all_reduce(tensor, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
         return tensor
 
     def broadcast(self, tensors: Iterable[torch.Tensor]) -> None:
         """Give every process rank 0's values of `tensors`."""
         if self.world > 1:
-            import torch.distributed as dist
-
             for tensor in tensors:
                 dist.broadcast(tensor, src=0)
 
@@ -228,8 +225,6 @@ class Group:
 
 def join_group(device: str | torch.device | None) -> tuple[Group, torch.device]:
     """This process's Group and device; joins the torchrun process group when WORLD_SIZE > 1."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     else:

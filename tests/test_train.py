@@ -808,21 +808,23 @@ def test_onecycle_works_for_any_number_of_steps_and_peaks_at_lr(steps):
 
 
 def test_progress_env_switch_drops_the_bar_but_keeps_epoch_lines(monkeypatch, capsys):
-    import tqdm.auto
+    import d2lcnn.events
 
     made = []
-    monkeypatch.setattr(tqdm.auto, "tqdm", lambda *a, **k: made.append(1))
-    monkeypatch.setenv("D2LCNN_PROGRESS", "0")
-    lines = []
+    monkeypatch.setattr(d2lcnn.events, "tqdm", lambda *a, **k: made.append(1) or SimpleNamespace(
+        update=lambda n: None, set_postfix=lambda **k: None, close=lambda: None))  # fmt: skip
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     x = torch.randn(32, 1, 2, 2)
     y = (x.flatten(1).sum(1) > 0).long()
     batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)]
     data = SimpleNamespace(train=batches, test=batches, name="toy")
-    train.fit(model, data, epochs=2, lr=0.1, log=lines.append, precision="fp32")
-    assert not made
-    assert len([line for line in lines if line.startswith("epoch ")]) == 2
+    for switch, bars in (("0", 0), ("1", 2)):
+        monkeypatch.setenv("D2LCNN_PROGRESS", switch)
+        lines, made[:] = [], []
+        train.fit(model, data, epochs=2, lr=0.1, log=lines.append, precision="fp32")
+        assert len(made) == bars  # one bar per epoch, none when switched off
+        assert len([line for line in lines if line.startswith("epoch ")]) == 2
 
 
 @pytest.mark.parametrize("norm", ["torch", "scratch"])
