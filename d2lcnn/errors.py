@@ -1,8 +1,9 @@
-"""Errors d2lcnn raises on purpose: each says what was wrong and what to do about it."""
+"""Errors d2lcnn raises on purpose, each saying what was wrong and what to do; and the checks behind them."""
 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 
 
@@ -34,6 +35,16 @@ class TrainingDivergedError(D2LCNNError, FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+def is_int(value: object) -> bool:
+    """A whole number (True and False, though ints to Python, are not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def closest(name: str, valid: Iterable[str]) -> str | None:
     """The valid name most like `name`, or None if nothing is close."""
     valid = list(valid)
@@ -48,9 +59,11 @@ def closest(name: str, valid: Iterable[str]) -> str | None:
     return max(matches, key=lambda m: difflib.SequenceMatcher(None, lookalike(name), lookalike(m)).ratio())
 
 
-def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UnknownNameError:
-    """An error for an unknown `kind` name that suggests the closest valid one and lists them all."""
+def unknown_name(kind: str, name: str, valid: Iterable[str], listing: str | None = None) -> UnknownNameError:
+    """An error for an unknown `kind` name that suggests the closest valid one and lists them all
+    (or says `listing` instead of the list)."""
     valid = sorted(valid)
     guess = closest(name, valid)
     hint = f" Did you mean {guess!r}?" if guess else ""
-    return UnknownNameError(f"Unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(valid)}.")
+    listing = listing or f"Valid {kind}s: {', '.join(valid)}"
+    return UnknownNameError(f"Unknown {kind} {name!r}.{hint} {listing}.")

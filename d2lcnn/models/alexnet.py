@@ -1,6 +1,4 @@
-"""AlexNet (Krizhevsky, Sutskever & Hinton, 2012) in the two forms of the source write-ups.
-
-`alexnet`, the first source's (and d2l's) form, for 224x224 input::
+"""AlexNet (Krizhevsky, Sutskever & Hinton, 2012). `alexnet`, the first source's and d2l's form, for 224x224::
 
     Conv(96, 11x11, stride 4) - ReLU - MaxPool(3, 2)        # 96 x 54 x 54 -> 96 x 26 x 26
     Conv(256, 5x5, pad 2)     - ReLU - MaxPool(3, 2)        # 256 x 26 x 26 -> 256 x 12 x 12
@@ -8,11 +6,9 @@
     Flatten - Linear(6400->4096) - ReLU - Dropout(0.5) - Linear(4096->4096) - ReLU - Dropout(0.5)
             - Linear(4096->classes)
 
-`alexnet_paper`, the second source's form, closer to the 2012 paper: 227x227 input, local response
-normalisation after the first two convolutions, adaptive average pooling to 6x6, dropout before every
-linear layer, weights drawn from N(0, 0.01) and the biases of conv2, conv4 and conv5 set to 1 (the
-paper's trick to give the ReLUs positive inputs early in training).
-
+`alexnet_paper`, the second source's, is closer to the 2012 paper: 227x227 input, local response
+normalisation after conv1 and conv2, adaptive average pooling to 6x6, dropout before every linear layer,
+N(0, 0.01) weights and biases of 1 in conv2, conv4 and conv5 (so the ReLUs start with positive inputs).
 Neither splits the channels over two GPUs as the paper did.
 """
 
@@ -66,9 +62,8 @@ class AlexNet(Classifier):
             if isinstance(layer, (nn.Conv2d, nn.Linear)):
                 nn.init.normal_(layer.weight, mean=0.0, std=0.01)
                 nn.init.zeros_(layer.bias)
-        conv2, conv4, conv5 = (self.convs()[i] for i in (1, 3, 4))
-        for conv in (conv2, conv4, conv5):
-            nn.init.ones_(conv.bias)
+        for i in (1, 3, 4):  # conv2, conv4, conv5
+            nn.init.ones_(self.convs()[i].bias)
 
     def convs(self) -> list[nn.Conv2d]:
         """The five convolutions, in order."""

@@ -1,18 +1,16 @@
 """Batch normalisation (Ioffe & Szegedy, 2015) written out step by step, and d2l's LeNet that uses it.
 
-During training, a batch norm layer standardises each channel (or, after a linear layer, each feature)
-with the mean and variance of the current minibatch, then scales and shifts it by two learned
-parameters, gamma and beta: y = gamma * (x - mean) / sqrt(var + eps) + beta. Since those statistics
-change from batch to batch, the layer also keeps running averages of them; in evaluation mode it uses
-these instead, so one image's prediction does not depend on which other images share its batch.
+In training, each channel (or feature, after a linear layer) is standardised with the mean and variance
+of the minibatch, then scaled and shifted by two learned parameters: y = gamma * (x - mean) /
+sqrt(var + eps) + beta. Evaluation mode uses running averages of those statistics instead, so a
+prediction does not depend on the other images in the batch.
 
 `BatchNorm` computes exactly what torch's nn.BatchNorm1d / nn.BatchNorm2d compute, so the two can be
 swapped, weights and all (see `lenet_bn(scratch=True)`). The details that have to match:
 
-- the running averages follow torch's convention, running = (1 - momentum) * running + momentum * batch,
-  with momentum=0.1: each new batch gets weight 0.1. The current d2l edition's scratch version uses the
-  same formula and value; earlier editions (and Keras, MXNet) write momentum * running + (1 - momentum)
-  * batch with momentum=0.9, which is the same average under the other name;
+- the running averages follow torch's convention, running = (1 - momentum) * running + momentum * batch
+  with momentum=0.1, as d2l's scratch version does (Keras, MXNet and older d2l editions call 0.9 the
+  momentum: the same average, the other weight named);
 - normalisation divides by the biased batch variance (sum of squares / n), but the running variance is
   updated with the unbiased one (sum of squares / (n - 1)), where n counts values per channel
   (batch x height x width). d2l's scratch version uses the biased variance for both;
@@ -32,22 +30,14 @@ from d2lcnn.models.registry import register
 
 
 class BatchNorm(nn.Module):
-    """Batch normalisation from scratch, for a linear layer's output (num_dims 2) or a convolution's (4).
-
-    Args:
-        num_features: features of the linear layer, or channels of the convolution, it follows.
-        num_dims: 2 for input of shape (N, C), 4 for input of shape (N, C, H, W).
-        eps: added to the variance before the square root, so that a constant channel does not divide
-            by zero.
-        momentum: the weight of the current batch in the running mean and variance.
-    """
+    """Batch normalisation from scratch after a linear layer (num_dims 2: input (N, C)) or a convolution
+    (num_dims 4: input (N, C, H, W)) with `num_features` outputs. `eps` keeps a constant channel from
+    dividing by zero; `momentum` is the weight of the current batch in the running statistics."""
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         if num_dims not in (2, 4):
-            raise ValueError(
-                f"num_dims must be 2 (after a linear layer) or 4 (after a convolution), got {num_dims!r}"
-            )
+            raise ValueError(f"num_dims={num_dims!r}: use 2 after a linear layer, 4 after a convolution")
         self.num_features = num_features
         self.num_dims = num_dims
         self.eps = eps
@@ -79,7 +69,7 @@ class BatchNorm(nn.Module):
         if self.training:
             n = x.numel() // x.shape[1]  # values per channel
             if n < 2:
-                raise ValueError(
+                raise ValueError(  # torch's own message
                     f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
                 )
             mean = x.mean(dim=axes)
@@ -102,9 +92,8 @@ class BatchNorm(nn.Module):
 def lenet_bn(num_classes: int = 10, in_channels: int = 1, scratch: bool = False) -> LeNet:
     """d2l's LeNet with batch norm: Sigmoid, average pools, BN before each activation. Input: C x 28 x 28.
 
-    On the source LeNet's layout (first convolution padded, so 16 x 5 x 5 reaches the first linear
-    layer). `scratch=True` uses the from-scratch `BatchNorm`, otherwise nn.BatchNorm2d/1d; both give
-    the same state_dict keys and, from the same weights, the same outputs.
+    On the source LeNet's layout (16 x 5 x 5 reaches the first linear layer). `scratch=True` uses the
+    from-scratch `BatchNorm`, else nn.BatchNorm2d/1d: same state_dict keys, same outputs from same weights.
     """
     norm_layer = BatchNorm if scratch else torch_batch_norm
     return LeNet(num_classes, in_channels, nn.Sigmoid, nn.AvgPool2d, batch_norm=True, norm_layer=norm_layer)

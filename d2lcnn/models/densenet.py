@@ -1,13 +1,8 @@
-"""DenseNet (Huang, Liu, van der Maaten & Weinberger, 2017), in d2l's form.
-
-ResNet adds a block's input to its output; DenseNet concatenates them instead. Inside a dense block,
-each convolution sees the concatenation of the block's input and of every earlier convolution's output,
-and adds `growth_rate` new channels of its own, so a block of 4 convolutions with growth rate 32 turns
-c channels into c + 128. A transition block between two dense blocks halves both the channel count
-(1x1 convolution) and the height and width (2x2 average pool), so the channels do not keep piling up.
-Convolutions come in the "pre-activation" order: batch norm, ReLU, then the convolution.
-
-For 96x96 input (d2l resizes Fashion-MNIST to 96), with the default 4 dense blocks of 4 convolutions::
+"""DenseNet (Huang, Liu, van der Maaten & Weinberger, 2017) as in d2l. Where ResNet adds a block's input
+to its output, DenseNet concatenates them: each convolution of a dense block sees the block's input and
+every earlier convolution's output, and adds `growth_rate` channels. A transition block between two dense
+blocks halves the channels (1x1 convolution) and the height and width (2x2 average pool). Convolutions
+are pre-activation (batch norm, ReLU, convolution). For 96x96 input and 4 dense blocks of 4 convolutions::
 
     stem: Conv(64, 7x7, stride 2, pad 3) - BN - ReLU - MaxPool(3, 2, pad 1)   # 64 x 24 x 24
     dense1 (64 -> 192) - trans1 (-> 96 x 12 x 12)
@@ -16,13 +11,11 @@ For 96x96 input (d2l resizes Fashion-MNIST to 96), with the default 4 dense bloc
     dense4 (120 -> 248)
     head: BN - ReLU - AdaptiveAvgPool(1) - Flatten - Linear(248 -> classes)
 
-The smallest input it accepts is 29x29, which leaves the last transition block's 2x2 average pool
-a 2x2 map; it has no upper limit. `width` scales the stem's channels and the growth rate.
+It accepts any input from 29x29 (the last transition's 2x2 average pool then gets 2x2). `width` scales
+the stem's channels and the growth rate.
 """
 
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -64,22 +57,15 @@ def transition_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class DenseNet(Classifier):
-    """A stem, dense blocks with a channel-halving transition block between each two, then BN, pool, linear.
-
-    Args:
-        num_classes: outputs of the final linear layer.
-        in_channels: channels of the input images.
-        growth_rate: channels each convolution of a dense block adds.
-        arch: number of convolutions in each dense block.
-        width: scales the stem's 64 channels and the growth rate.
-    """
+    """A stem; a dense block per entry of `arch` (its convolutions), with a channel-halving transition block
+    between each two; then BN, pool, linear. `width` scales the stem's 64 channels and the growth rate."""
 
     def __init__(
         self,
+        arch: tuple[int, ...],
         num_classes: int = 10,
         in_channels: int = 1,
         growth_rate: int = 32,
-        arch: tuple[int, ...] = (4, 4, 4, 4),
         width: float = 1.0,
     ) -> None:
         super().__init__(num_classes, in_channels, 96, growth_rate=growth_rate, arch=arch, width=width)
@@ -89,15 +75,14 @@ class DenseNet(Classifier):
             nn.BatchNorm2d(channels), nn.ReLU(),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         )  # fmt: skip
-        blocks: OrderedDict[str, nn.Module] = OrderedDict()
+        self.blocks = nn.Sequential()
         for i, num_convs in enumerate(arch, start=1):
             dense = DenseBlock(num_convs, channels, growth_rate)
-            blocks[f"dense{i}"] = dense
+            self.blocks.add_module(f"dense{i}", dense)
             channels = dense.out_channels
             if i < len(arch):
-                blocks[f"trans{i}"] = transition_block(channels, channels // 2)
+                self.blocks.add_module(f"trans{i}", transition_block(channels, channels // 2))
                 channels //= 2
-        self.blocks = nn.Sequential(blocks)
         self.head = nn.Sequential(
             nn.BatchNorm2d(channels), nn.ReLU(),
             nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
@@ -117,4 +102,4 @@ def densenet(
     width: float = 1.0,
 ) -> DenseNet:
     """DenseNet as in d2l: four dense blocks of 4 convolutions, growth rate 32. Input: C x 96 x 96."""
-    return DenseNet(num_classes, in_channels, growth_rate, arch, width)
+    return DenseNet(arch, num_classes, in_channels, growth_rate, width)

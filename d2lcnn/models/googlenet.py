@@ -1,11 +1,6 @@
-"""GoogLeNet (Szegedy et al., 2014), in d2l's form.
-
-Its building block, the Inception block, does not choose a kernel size: it runs four branches side by
-side, a 1x1 convolution, a 3x3 and a 5x5 convolution (each after a 1x1 convolution that first cuts the
-channel count, which keeps them cheap), and a 3x3 max pool followed by a 1x1 convolution. Every branch
-keeps the height and width, so their outputs are concatenated along the channels. The network is a stem
-(b1, b2), nine Inception blocks in three stages (b3, b4, b5) with max pools between them, a global
-average pool and one linear layer. For 96x96 input (d2l resizes Fashion-MNIST to 96)::
+"""GoogLeNet (Szegedy et al., 2014) as in d2l. An Inception block does not choose a kernel size: it runs
+a 1x1, a 3x3 and a 5x5 convolution (the last two after a 1x1 convolution that cuts the channels first)
+and a 3x3 max pool side by side, and concatenates their outputs along the channels. For 96x96 input::
 
     b1: Conv(64, 7x7, stride 2, pad 3) - ReLU - MaxPool(3, 2, pad 1)        # 64 x 24 x 24
     b2: Conv(64, 1x1) - ReLU - Conv(192, 3x3, pad 1) - ReLU - MaxPool       # 192 x 12 x 12
@@ -14,9 +9,8 @@ average pool and one linear layer. For 96x96 input (d2l resizes Fashion-MNIST to
     b5: 2 Inception blocks (832, 1024 channels) - AdaptiveAvgPool(1) - Flatten   # 1024
     fc: Linear(1024 -> classes)
 
-Like d2l's, it leaves out the paper's local response normalisation and its two auxiliary classifiers.
-Every pool has padding 1, so each of the five halvings rounds up: it accepts any input side (a 1x1
-image stays 1x1). `width` scales every channel count.
+Like d2l's, it leaves out the paper's local response normalisation and auxiliary classifiers. Every pool
+has padding 1, so each halving rounds up: it accepts any input side. `width` scales every channel count.
 """
 
 from __future__ import annotations
@@ -39,12 +33,8 @@ STAGES: dict[str, list[tuple[int, tuple[int, int], tuple[int, int], int]]] = {
 class Inception(nn.Module):
     """Four parallel branches, concatenated on channels: 1x1; 1x1 -> 3x3; 1x1 -> 5x5; 3x3 max pool -> 1x1.
 
-    Args:
-        in_channels: channels of the input.
-        c1: output channels of the 1x1 branch.
-        c2: (channels after the 1x1 reduction, output channels) of the 3x3 branch.
-        c3: (channels after the 1x1 reduction, output channels) of the 5x5 branch.
-        c4: output channels of the pooling branch's 1x1 convolution.
+    c1 and c4 are the output channels of the 1x1 and the pool branch; c2 and c3 are (channels after the
+    1x1 reduction, output channels) of the 3x3 and the 5x5 branch.
     """
 
     def __init__(self, in_channels: int, c1: int, c2: tuple[int, int], c3: tuple[int, int], c4: int) -> None:
@@ -90,7 +80,6 @@ class GoogLeNet(Classifier):
             pool(),
         )  # fmt: skip
         channels = w(192)
-        stages = {}
         for name, blocks in STAGES.items():
             layers: list[nn.Module] = []
             for c1, c2, c3, c4 in blocks:
@@ -98,8 +87,7 @@ class GoogLeNet(Classifier):
                 layers.append(block)
                 channels = block.out_channels
             layers += [nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten()] if name == "b5" else [pool()]
-            stages[name] = nn.Sequential(*layers)
-        self.b3, self.b4, self.b5 = stages["b3"], stages["b4"], stages["b5"]
+            self.add_module(name, nn.Sequential(*layers))  # self.b3, self.b4, self.b5
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x):

@@ -1,13 +1,11 @@
-"""LeNet (LeCun et al., 1998), as in the first source write-up, and a modern variant to compare.
-
-Source form, for 1x28x28 images (MNIST, Fashion-MNIST)::
+"""LeNet (LeCun et al., 1998) as in the first source write-up, for 1x28x28 images (MNIST, Fashion-MNIST)::
 
     Conv(1->6, 5x5, pad 2) - Tanh - AvgPool(2)      # 6 x 28 x 28 -> 6 x 14 x 14
     Conv(6->16, 5x5)       - Tanh - AvgPool(2)      # 16 x 10 x 10 -> 16 x 5 x 5
     Flatten - Linear(400->120) - Tanh - Linear(120->84) - Tanh - Linear(84->10)
 
-The modern variant swaps Tanh for ReLU and average pooling for max pooling, and can add batch
-normalisation after every convolution and hidden linear layer (Ioffe & Szegedy, 2015).
+The modern variant swaps Tanh for ReLU and average pooling for max pooling, and can add batch norm
+after every convolution and hidden linear layer (Ioffe & Szegedy, 2015).
 """
 
 from __future__ import annotations
@@ -26,11 +24,8 @@ def torch_batch_norm(num_features: int, num_dims: int) -> nn.Module:
 
 
 class LeNet(Classifier):
-    """LeNet-5 for 28x28 images: two conv/pool stages, then three linear layers.
-
-    With `batch_norm`, `norm_layer(features, num_dims)` builds each normalisation layer (num_dims 4
-    after a convolution, 2 after a linear layer); the default gives torch's nn.BatchNorm2d/1d.
-    """
+    """LeNet-5: two conv/pool stages, then three linear layers. With `batch_norm`, `norm_layer(features,
+    num_dims)` builds each normalisation layer (num_dims 4 after a convolution, 2 after a linear layer)."""
 
     def __init__(
         self,

@@ -1,9 +1,6 @@
-"""Network in Network (Lin, Chen & Yan, 2013), in d2l's form.
-
-AlexNet and VGG end in large fully connected layers that hold most of their parameters. NiN drops them:
-every block is a convolution followed by two 1x1 convolutions (a small per-pixel MLP across channels),
-and the last block outputs one channel per class, which a global average pool turns into the logits.
-The layout follows AlexNet's, for 224x224 input (d2l resizes Fashion-MNIST to 224)::
+"""Network in Network (Lin, Chen & Yan, 2013) as in d2l: no fully connected layers. Each block is a
+convolution and two 1x1 convolutions (a per-pixel MLP across channels); the last block outputs one
+channel per class, which a global average pool turns into the logits. For 224x224 input::
 
     nin_block(96, 11x11, stride 4)  - MaxPool(3, 2)    # 96 x 54 x 54 -> 96 x 26 x 26
     nin_block(256, 5x5, pad 2)      - MaxPool(3, 2)    # 256 x 26 x 26 -> 256 x 12 x 12
@@ -11,8 +8,8 @@ The layout follows AlexNet's, for 224x224 input (d2l resizes Fashion-MNIST to 22
     Dropout(0.5) - nin_block(classes, 3x3, pad 1)      # classes x 5 x 5
     AdaptiveAvgPool(1) - Flatten                       # classes
 
-The smallest input it accepts is 67x67 (the third max pool then gets 3 x 3); it has no upper limit.
-`width` scales the hidden channel counts (96, 256, 384), not the last block's, which is one per class.
+It accepts any input from 67x67 (the third max pool then gets 3x3). `width` scales the hidden channel
+counts (96, 256, 384), not the last block's, which is one per class.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from d2lcnn.errors import UnknownNameError, unknown_name
+from d2lcnn.errors import unknown_name
 from d2lcnn.models.base import check_options
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -26,28 +26,20 @@ def list_models() -> list[str]:
 
 def model_doc(name: str) -> str:
     """The one-line description of a model, including the input size it expects."""
-    doc = inspect.getdoc(_builder(name)) or ""
-    return doc.splitlines()[0] if doc else ""
+    return (inspect.getdoc(_builder(name)) or "").split("\n")[0]
 
 
-def create(name: str, **kwargs) -> nn.Module:
-    """Build the model `name` (see `list_models()`); keyword arguments go to its builder.
-
-    A bad option value (e.g. width=0 or num_classes=0) is a ConfigError naming the valid range.
-    Example: ``create("resnet18", num_classes=10, stem="cifar")``.
-    """
+def create(name: str, **options) -> nn.Module:
+    """Build the model `name` (see `list_models()`) with its builder's keyword `options`, e.g.
+    ``create("resnet18", num_classes=10, stem="cifar")``; a bad value is a ConfigError naming valid ones."""
     builder = _builder(name)
     accepted = inspect.signature(builder).parameters
-    unknown = [k for k in kwargs if k not in accepted]
-    if unknown:
-        options = ", ".join(f"{p.name}={p.default!r}" for p in accepted.values())
-        hints = []
-        for key in unknown:
-            err = unknown_name("option", key, accepted)
-            hints.append(str(err).split(" Valid")[0])
-        raise UnknownNameError(f"{name} got {' '.join(hints)} Its options are: {options}.")
-    check_options(**kwargs)  # here too for the options a builder handles itself (lenet_bn's scratch)
-    model = builder(**kwargs)
+    for key in options:
+        if key not in accepted:
+            listing = ", ".join(f"{p.name}={p.default!r}" for p in accepted.values())
+            raise unknown_name(f"{name} option", key, accepted, f"Its options are: {listing}")
+    check_options(**options)  # here too for the options a builder handles itself (lenet_bn's scratch)
+    model = builder(**options)
     model.name = name
     return model
 

@@ -1,14 +1,11 @@
 """ResNet (He, Zhang, Ren & Sun, 2015): stacks of residual blocks, y = relu(F(x) + shortcut(x)).
 
-The residual block is the first source's: two 3x3 convolutions with batch norm, a ReLU between them,
-and, when the block changes the shape (stride 2 or new channel count), a 1x1 convolution on the
-shortcut so that x can be added to F(x). Two details follow torchvision (and the paper's option B),
-so that ResNet-18 and -34 have exactly its parameter counts and load its weights: the convolutions
-have no bias (the batch norm right after adds its own shift), and the 1x1 shortcut convolution is
-followed by batch norm too. Attribute names match torchvision's for the same reason.
-
+The residual block is the first source's: two 3x3 convolutions with batch norm and a ReLU between them,
+and a 1x1 convolution on the shortcut when the block changes the shape. As in torchvision (and the
+paper's option B), the convolutions have no bias (the batch norm after them shifts), the 1x1 shortcut
+has a batch norm too, and the attributes have torchvision's names: ResNet-18 and -34 load its weights.
 Stems: "imagenet" (7x7 conv, stride 2, then a 3x3 max pool: 224 px -> 56 px) and "cifar" (one 3x3
-conv, stride 1, no pool: 32 px stays 32 px, since there is little to throw away in a small image).
+conv, stride 1, no pool: a 32 px image has little to throw away).
 """
 
 from __future__ import annotations
@@ -79,9 +76,6 @@ class ResNet(Classifier):
         for module in self.modules():  # torchvision's initialisation
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     @staticmethod
     def _make_layer(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:

@@ -1,12 +1,10 @@
-"""VGG (Simonyan & Zisserman, 2014): repeated blocks of 3x3 convolutions, each block ending in a 2x2 max pool.
+"""VGG (Simonyan & Zisserman, 2014): five blocks of 3x3 convolutions, each ending in a 2x2 max pool.
 
-The four depths differ only in how many convolutions each of the five blocks has. The second source
-writes them as one table: a number is a 3x3 convolution with that many output channels, "M" a max pool.
-The first source's idea, a `block(nums, in, out)` function, turns each run of numbers into one block.
-
-Two heads: "imagenet" (224x224 input; adaptive pool to 7x7, then 512*7*7 -> 4096 -> 4096 -> classes, as in
-the paper and torchvision) and "cifar" (32x32 input; the five pools leave 1x1, then 512 -> 512 -> 512 ->
-classes). `width` scales every convolution's channels: d2l trains a VGG-11 with width 1/4 on a laptop.
+The depths differ only in the convolutions per block. In the table (the second source's), a number is a
+3x3 convolution with that many output channels, "M" a max pool; `vgg_block` (the first source's) builds
+each run of numbers. Heads: "imagenet" (224x224 input, pooled to 7x7, then 512*7*7 -> 4096 -> 4096 ->
+classes, as in the paper and torchvision) and "cifar" (32x32 input, 1x1 after the last pool, then
+512 -> 512 -> 512 -> classes). `width` scales every convolution's channels.
 """
 
 from __future__ import annotations
@@ -87,12 +85,9 @@ class VGG(Classifier):
             nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )  # fmt: skip
-        for module in self.modules():  # the initialisation of the second source and torchvision
+        for module in self.modules():  # the second source's and torchvision's initialisation
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.01)
@@ -109,13 +104,11 @@ def _builder(name: str, config_letter: str) -> Callable[..., VGG]:
         num_classes: int = 10, in_channels: int = 3, batch_norm: bool = False,
         head: str = "imagenet", width: float = 1.0, dropout: float = 0.5,
     ) -> VGG:  # fmt: skip
+        """Input: C x 224 x 224 (head="imagenet"), C x 32 x 32 ("cifar")."""
         return VGG(CONFIGS[name], num_classes, in_channels, batch_norm, head, width, dropout)
 
     build.__name__ = build.__qualname__ = name
-    build.__doc__ = (
-        f'VGG-{name[3:]} (config {config_letter}). Input: C x 224 x 224 (head="imagenet"), '
-        'C x 32 x 32 ("cifar").'
-    )
+    build.__doc__ = f"VGG-{name[3:]} (config {config_letter}). {build.__doc__}"
     return register(build)
 
 
