@@ -5,10 +5,9 @@ CPU or one Colab GPU. Every value can be overridden: `d2lcnn train --help`, or `
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field, fields
 
-from d2lcnn.errors import ConfigError, unknown_name
+from d2lcnn.errors import ConfigError, is_int, is_number, unknown_name
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -72,25 +71,17 @@ class Settings:
         return [f.name for f in fields(cls) if f.metadata.get("trajectory")]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 # What each numeric setting must be: (test, the words that say so in an error).
 _RULES = {
-    "epochs": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
-    "lr": (lambda v: _is_number(v) and v > 0, "a finite number > 0 (try 0.1 for SGD, 1e-3 for AdamW)"),
-    "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
-    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "warmup": (lambda v: _is_number(v) and 0 <= v < 1, "a fraction of all steps in [0, 1)"),
-    "label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
-    "seed": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
-    "max_steps": (lambda v: v is None or (_is_int(v) and v >= 1), "None or a whole number >= 1"),
-    "eval_every": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1 (epochs between evaluations)"),
+    "epochs": (lambda v: is_int(v) and v >= 1, "a whole number >= 1"),
+    "lr": (lambda v: is_number(v) and v > 0, "a finite number > 0 (try 0.1 for SGD, 1e-3 for AdamW)"),
+    "momentum": (lambda v: is_number(v) and 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
+    "warmup": (lambda v: is_number(v) and 0 <= v < 1, "a fraction of all steps in [0, 1)"),
+    "label_smoothing": (lambda v: is_number(v) and 0 <= v < 1, "in [0, 1)"),
+    "seed": (lambda v: is_int(v) and v >= 0, "a whole number >= 0"),
+    "max_steps": (lambda v: v is None or (is_int(v) and v >= 1), "None or a whole number >= 1"),
+    "eval_every": (lambda v: is_int(v) and v >= 1, "a whole number >= 1 (epochs between evaluations)"),
 }
 
 
@@ -118,7 +109,7 @@ class Recipe:
             self, settings=settings, **{k: v for k, v in changes.items() if k in own}
         )
         for name, value in (("batch_size", recipe.batch_size), ("resize", recipe.resize or 1)):
-            if not (_is_int(value) and value >= 1):
+            if not (is_int(value) and value >= 1):
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}.")
         return recipe
 
