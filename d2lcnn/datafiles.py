@@ -1,19 +1,12 @@
-"""Dataset files: what d2lcnn knows about each dataset, where its files live, reading them into numpy
-arrays, and bringing them onto a machine without network access.
-
-Where a dataset comes from, in the order tried (see `load_arrays`):
-
-1. `<data root>/<name>.npz` (keys train_images, train_labels, test_images, test_labels, classes);
-2. the layout torchvision leaves after a download (`MNIST/raw`, `FashionMNIST/raw`,
-   `cifar-10-batches-py`, `stl10_binary`);
-3. a download through torchvision.
-"""
+"""What d2lcnn knows about each dataset, and reading its files into numpy arrays. A dataset comes from
+`<data root>/<name>.npz`, else from the files a torchvision download leaves (MNIST/raw, FashionMNIST/raw,
+cifar-10-batches-py, stl10_binary), else from a download through torchvision; `import_offline` brings
+the files onto a machine without network access."""
 
 from __future__ import annotations
 
 import codecs
 import filecmp
-import functools
 import gzip
 import math
 import os
@@ -30,19 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CorruptDataError, D2LCNNError, DataNotFoundError, unknown_name
-from .files import atomic_write
-
-__all__ = [
-    "DATASETS",
-    "Arrays",
-    "DatasetInfo",
-    "data_root",
-    "dataset_info",
-    "describe_root",
-    "import_offline",
-    "load_arrays",
-    "stl10_images",
-]
+from .files import atomic_write, make_folder
 
 
 @dataclass(frozen=True)
@@ -56,45 +37,41 @@ class DatasetInfo:
     mean: tuple[float, ...]  # per-channel pixel mean and std on the 0..1 scale
     std: tuple[float, ...]
     flip: bool  # whether a horizontal flip gives another valid image of the same class
-    classes: tuple[str, ...]  # torchvision's class names, used when the files carry none
+    classes: tuple[str, ...]  # torchvision's class names, used unless a .npz carries its own
     pad: int  # padding of the random crop when augmenting
     pad_mode: str  # "constant" (black border) or "reflect"
 
 
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
-        "mnist", 10, 28, 1, (0.1307,), (0.3081,), flip=False,
-        classes=tuple(f"{i} - {w}" for i, w in enumerate(
+        "mnist", 10, 28, 1, (0.1307,), (0.3081,), flip=False, pad=2, pad_mode="constant",
+        classes=tuple(f"{i} - {word}" for i, word in enumerate(
             ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])),
-        pad=2, pad_mode="constant",
     ),
     "fashion_mnist": DatasetInfo(
-        "fashion_mnist", 10, 28, 1, (0.2860,), (0.3530,), flip=True,
+        "fashion_mnist", 10, 28, 1, (0.2860,), (0.3530,), flip=True, pad=2, pad_mode="constant",
         classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot"),
-        pad=2, pad_mode="constant",
     ),
     "cifar10": DatasetInfo(
         "cifar10", 10, 32, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), flip=True,
-        classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                 "truck"),
         pad=4, pad_mode="reflect",
+        classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     ),
     "stl10": DatasetInfo(
         "stl10", 10, 96, 3, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), flip=True,
-        classes=("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship",
-                 "truck"),
         pad=12, pad_mode="reflect",
+        classes=("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"),
     ),
 }  # fmt: skip
 
-_NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
-_IDX_FILES = {  # part -> file name in torchvision's MNIST/FashionMNIST raw folder
+_IDX_FILES = {  # part of a dataset -> its file in torchvision's MNIST/FashionMNIST raw folder
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+_PARTS = tuple(_IDX_FILES)  # the four arrays of every dataset, and the keys of its .npz
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _STL_IMAGE_BYTES = 3 * 96 * 96
 # dataset -> (torchvision class, folder under the data root, files it must hold)
@@ -117,13 +94,7 @@ def data_root() -> Path:
     """The folder datasets live in: $D2LCNN_DATA if set, else ~/.cache/d2lcnn (created if needed)."""
     env = os.environ.get("D2LCNN_DATA")
     root = Path(env).expanduser() if env else Path.home() / ".cache" / "d2lcnn"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise D2LCNNError(
-            f"Cannot create the data folder {root} ({err.strerror}). "
-            "Set the environment variable D2LCNN_DATA to a folder you can write to."
-        ) from None
+    make_folder(root, "Set the environment variable D2LCNN_DATA to a folder you can write to.")
     return root
 
 
@@ -143,25 +114,13 @@ class Arrays:
     source: str  # short description such as "cifar10.npz" (never an absolute path)
 
     def __repr__(self) -> str:
-        def shape(a: np.ndarray) -> str:
-            return "x".join(str(d) for d in a.shape)
-
-        return (
-            f"Arrays(train {shape(self.train_images)}, test {shape(self.test_images)}, "
-            f"{len(self.classes)} classes, from {self.source})"
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# Finding a dataset (or downloading it)
+        train, test = ("x".join(map(str, images.shape)) for images in (self.train_images, self.test_images))
+        return f"Arrays(train {train}, test {test}, {len(self.classes)} classes, from {self.source})"
 
 
 def load_arrays(name: str, root: str | Path | None = None, download: bool | None = None) -> Arrays:
-    """Read dataset `name` from the data root, downloading it through torchvision if needed.
-
-    Looks for `<name>.npz`, then torchvision's raw layout; else downloads unless `download` is
-    False. Raises DataNotFoundError if the data cannot be had, CorruptDataError if a file is bad.
-    """
+    """Dataset `name` from the data root: `<name>.npz`, else torchvision's raw files, else downloaded
+    through torchvision unless `download` is False (then DataNotFoundError). A bad file: CorruptDataError."""
     info = dataset_info(name)
     root = _root(root)
     npz = root / f"{name}.npz"
@@ -171,16 +130,16 @@ def load_arrays(name: str, root: str | Path | None = None, download: bool | None
             f"Import the file again (`d2lcnn data import DIR`) or delete the link."
         )
     if npz.is_file():
-        return _read_npz(npz, info)
+        return _checked_arrays(info, *_read_npz(npz), npz, source=npz.name)
+    folder = _RAW_LAYOUT[name][1]
     missing = _missing_raw_files(name, root)
-    if not missing:
-        return _read_raw(info, root)
-    if download is False:
+    if missing and download is False:
         raise _not_found(info, root, missing, "download=False was given")
-    _torchvision_download(info, root, missing)
-    arrays = _read_raw(info, root)
-    arrays.source += " (downloaded by torchvision)"
-    return arrays
+    if missing:
+        _torchvision_download(info, root, missing)
+    parts = {"cifar10": _read_cifar, "stl10": _read_stl10}.get(name, _read_idx_folder)(root / folder)
+    source = f"{folder} (downloaded by torchvision)" if missing else folder
+    return _checked_arrays(info, parts, None, root / folder, source=source)
 
 
 def _torchvision_download(info: DatasetInfo, root: Path, missing: list[str]) -> None:
@@ -221,25 +180,20 @@ def _not_found(info: DatasetInfo, root: Path, missing: list[str], reason: str) -
     else:
         raw = f"no {folder}/ with {', '.join(files)}"
     return DataNotFoundError(
-        f"Dataset {info.name!r} is not in the data root {root} (no {info.name}.npz, {raw}), and "
-        f"{reason}.\nTo get it, either:\n"
-        f"  - run once with internet access: d2lcnn downloads it through torchvision into the "
-        f"data root; or\n"
-        f"  - put {info.name}.npz (keys {', '.join(_NPZ_KEYS)}, classes) or the raw files "
-        f"({folder}/...) into {root}, e.g. `d2lcnn data import DIR` with DIR holding "
-        f"{info.name}.npz (or the four MNIST/Fashion-MNIST idx .gz files).\n"
-        f"Pass root=... or set D2LCNN_DATA to use another data root."
+        f"Dataset {info.name!r} is not in the data root {root} (no {info.name}.npz, {raw}), and {reason}. "
+        f"Either run once with internet access (d2lcnn downloads it through torchvision), or put "
+        f"{info.name}.npz (keys {', '.join(_PARTS)}, optionally classes) or the raw files there, e.g. "
+        f"with `d2lcnn data import DIR` (DIR holding the .npz or the four MNIST/Fashion-MNIST idx .gz "
+        f"files). Pass root=... or set D2LCNN_DATA to use another data root."
     )
 
 
 def describe_root(root: str | Path | None = None) -> list[str]:
     """One line per dataset saying whether the data root holds it, and as which files."""
-    if root is not None:
-        lines = [f"data root: {root}"]
-    elif os.environ.get("D2LCNN_DATA"):
-        lines = ["data root: $D2LCNN_DATA"]
-    else:
-        lines = ["data root: ~/.cache/d2lcnn (set D2LCNN_DATA to move it)"]
+    default = (
+        "$D2LCNN_DATA" if os.environ.get("D2LCNN_DATA") else "~/.cache/d2lcnn (set D2LCNN_DATA to move it)"
+    )
+    lines = [f"data root: {default if root is None else root}"]
     root = _root(root)
     for name in DATASETS:
         if (root / f"{name}.npz").exists():
@@ -254,214 +208,144 @@ def describe_root(root: str | Path | None = None) -> list[str]:
     return lines
 
 
-# ----------------------------------------------------------------------------------------------
-# Reading and checking the arrays
+# ----------------------------------------------------------------------------- reading the files
 
 
-def _open_npz(path: Path, fix: str) -> Any:
-    """The open .npz archive, once it is known to be one that holds the four dataset arrays."""
+def _checked_arrays(info: DatasetInfo, parts: dict, classes: Any, where: Path, source: str) -> Arrays:
+    """The arrays a reader found, once they are what `info` says (else one CorruptDataError)."""
+    s, c = info.image_size, info.channels
+    for split in ("train", "test"):
+        images, labels = parts[f"{split}_images"], parts[f"{split}_labels"]
+        what = f"{where}: {split}_images"
+        if images.dtype != np.uint8:
+            raise CorruptDataError(f"{what} has dtype {images.dtype}; expected uint8 pixel values 0..255.")
+        if images.ndim == 3 and c == 1:
+            images = images[..., None]
+        if images.ndim != 4 or images.shape[1:] != (s, s, c):
+            nchw = images.ndim == 4 and images.shape[1:] == (c, s, s)
+            hint = " It looks like NCHW; store NHWC (images.transpose(0, 2, 3, 1))." if nchw else ""
+            raise CorruptDataError(
+                f"{what} has shape {images.shape}; {info.name} needs (N, {s}, {s}, {c}).{hint}"
+            )
+        if len(images) == 0:
+            raise CorruptDataError(f"{what} holds no images.")
+        what = f"{where}: {split}_labels"
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            expected = "expected a 1-D array of integer class indices"
+            raise CorruptDataError(f"{what} has dtype {labels.dtype} and shape {labels.shape}; {expected}.")
+        if len(labels) != len(images):
+            raise CorruptDataError(f"{what} has {len(labels)} labels for {len(images)} images.")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= info.num_classes:
+            raise CorruptDataError(f"{what} has values {low}..{high}; expected 0..{info.num_classes - 1}.")
+        parts[f"{split}_images"], parts[f"{split}_labels"] = images, labels.astype(np.int64, copy=False)
+    if classes is not None and len(classes) != info.num_classes:
+        raise CorruptDataError(
+            f"{where}: classes lists {len(classes)} names; {info.name} has {info.num_classes}."
+        )
+    classes = info.classes if classes is None else classes
+    names = [c.decode() if isinstance(c, bytes) else str(c) for c in classes]
+    return Arrays(**parts, classes=names, source=source)
+
+
+def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The four arrays of a dataset .npz, and its class names if it has them."""
+    fix = "Replace it with a good copy."
     if not zipfile.is_zipfile(path):
         raise CorruptDataError(
             f"{path} is not an .npz archive (not a zip file: damaged, truncated or another format). {fix}"
         )
     try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile) as err:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = npz.files
+            found = {key: npz[key] for key in (*_PARTS, "classes") if key in keys}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise CorruptDataError(f"{path} is not a readable .npz file ({err}). {fix}") from None
-    missing = [k for k in _NPZ_KEYS if k not in npz.files]
+    missing = [key for key in _PARTS if key not in found]
     if missing:
-        npz.close()
         raise CorruptDataError(
-            f"{path} lacks the key(s) {', '.join(missing)} (it has: {', '.join(npz.files) or 'nothing'}). "
-            f"A dataset .npz needs {', '.join(_NPZ_KEYS)} and optionally classes. {fix}"
+            f"{path} lacks the key(s) {', '.join(missing)} (it has: {', '.join(keys) or 'nothing'}). "
+            f"A dataset .npz needs {', '.join(_PARTS)} and optionally classes. {fix}"
         )
-    return npz
+    return found, found.pop("classes", None)
 
 
-def _read_npz(path: Path, info: DatasetInfo) -> Arrays:
-    with _open_npz(path, "Replace it with a good copy.") as npz:
-        try:
-            parts = {k: npz[k] for k in _NPZ_KEYS}
-            classes = npz["classes"] if "classes" in npz.files else None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-            raise CorruptDataError(
-                f"Cannot read the arrays in {path} ({err}). Replace it with a good copy."
-            ) from None
-    return _checked_arrays(info, parts, classes, where=str(path), source=path.name)
+def _read_idx_folder(folder: Path) -> dict[str, np.ndarray]:
+    return {part: _read_idx(_idx_path(folder, file))[1] for part, file in _IDX_FILES.items()}
 
 
-def _read_raw(info: DatasetInfo, root: Path) -> Arrays:
-    folder = _RAW_LAYOUT[info.name][1]
-    reader = {"cifar10": _read_cifar, "stl10": _read_stl10}.get(info.name, _read_idx_folder)
-    parts, classes = reader(root / folder, info)
-    return _checked_arrays(info, parts, classes, where=str(root / folder), source=folder)
-
-
-def _checked_arrays(
-    info: DatasetInfo,
-    parts: dict[str, np.ndarray],
-    classes: Sequence[Any] | np.ndarray | None,
-    where: str,
-    source: str,
-) -> Arrays:
-    for split in ("train", "test"):
-        images = _checked_images(parts[f"{split}_images"], info, f"{where}: {split}_images")
-        labels = _checked_labels(parts[f"{split}_labels"], len(images), info, f"{where}: {split}_labels")
-        parts[f"{split}_images"], parts[f"{split}_labels"] = images, labels
-    if classes is None:
-        classes = list(info.classes)
-    elif len(classes) != info.num_classes:
-        raise CorruptDataError(
-            f"{where}: classes lists {len(classes)} names; {info.name} has {info.num_classes}."
-        )
-    names = [c.decode() if isinstance(c, bytes) else str(c) for c in classes]
-    return Arrays(**parts, classes=names, source=source)
-
-
-def _checked_images(images: np.ndarray, info: DatasetInfo, what: str) -> np.ndarray:
-    s, c = info.image_size, info.channels
-    if images.dtype != np.uint8:
-        raise CorruptDataError(f"{what} has dtype {images.dtype}; expected uint8 pixel values 0..255.")
-    if images.ndim == 3 and c == 1:
-        images = images[..., None]
-    if images.ndim != 4 or images.shape[1:] != (s, s, c):
-        hint = ""
-        if images.ndim == 4 and images.shape[1:] == (c, s, s):
-            hint = " It looks like NCHW; store NHWC (images.transpose(0, 2, 3, 1))."
-        raise CorruptDataError(
-            f"{what} has shape {images.shape}; {info.name} needs (N, {s}, {s}, {c}).{hint}"
-        )
-    if len(images) == 0:
-        raise CorruptDataError(f"{what} holds no images.")
-    return images
-
-
-def _checked_labels(labels: np.ndarray, num_images: int, info: DatasetInfo, what: str) -> np.ndarray:
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise CorruptDataError(
-            f"{what} has dtype {labels.dtype} and shape {labels.shape}; expected a 1-D "
-            f"array of integer class indices."
-        )
-    if len(labels) != num_images:
-        raise CorruptDataError(f"{what} has {len(labels)} labels for {num_images} images.")
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= info.num_classes:
-        raise CorruptDataError(f"{what} has values {low}..{high}; expected 0..{info.num_classes - 1}.")
-    return labels.astype(np.int64, copy=False)
-
-
-def _read_idx_folder(folder: Path, info: DatasetInfo) -> tuple[dict[str, np.ndarray], None]:
-    parts = {}
-    for part, file in _IDX_FILES.items():
-        path = _idx_path(folder, file)
-        parts[part] = _parse_idx(_read_idx_bytes(path), path)
-        expected_ndim = 3 if part.endswith("images") else 1
-        if parts[part].ndim != expected_ndim:
-            raise CorruptDataError(
-                f"{path} holds a {parts[part].ndim}-D array; {part} needs {expected_ndim}-D."
-            )
-    return parts, None
-
-
-def _read_idx_bytes(path: Path) -> bytes:
-    opener = gzip.open if path.suffix == ".gz" else open
+def _read_idx(path: Path) -> tuple[bytes, np.ndarray]:
+    """The bytes of an idx file (the MNIST format: magic 0 0 8 ndim, big-endian sizes, uint8 data),
+    decompressed if gzipped, and the array they hold."""
     try:
-        with opener(path, "rb") as f:
-            return f.read()
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read()
     except (OSError, EOFError, zlib.error) as err:
         raise CorruptDataError(f"Cannot read {path}: {err}. Replace it with a good copy.") from None
-
-
-def _parse_idx(data: bytes, path: Path) -> np.ndarray:
-    """The uint8 array in an idx file (the MNIST format): magic 0 0 8 ndim, big-endian sizes, data."""
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or not 1 <= data[3] <= 4:
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or not 1 <= data[3] <= 4:
         raise CorruptDataError(
             f"{path} is not an idx file of uint8 data (its header is {data[:4].hex() or 'empty'}, "
             f"expected 000008 followed by the number of dimensions)."
         )
-    ndim = data[3]
-    header = 4 + 4 * ndim
+    header = 4 + 4 * data[3]
     if len(data) < header:
         raise CorruptDataError(f"{path} is truncated: it ends inside its header.")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
+    shape = struct.unpack(f">{data[3]}I", data[4:header])
     expected, found = math.prod(shape), len(data) - header
     if found != expected:
-        problem = "is truncated" if found < expected else "has trailing bytes"
         raise CorruptDataError(
-            f"{path} {problem}: its header promises shape {shape} ({expected} bytes) but "
-            f"{found} bytes follow. Replace it with a good copy."
+            f"{path} {'is truncated' if found < expected else 'has trailing bytes'}: its header promises "
+            f"shape {shape} ({expected} bytes) but {found} bytes follow. Replace it with a good copy."
         )
-    return np.frombuffer(data, np.uint8, offset=header).reshape(shape).copy()
+    return data, np.frombuffer(data, np.uint8, offset=header).reshape(shape).copy()
 
 
-@functools.cache
-def _pickle_allowed() -> dict[tuple[str, str], Any]:
-    sample = np.zeros(1, np.uint8)
-    reconstruct = sample.__reduce__()[0]  # numpy's _reconstruct, wherever this numpy keeps it
-    frombuffer = sample.__reduce_ex__(5)[0]  # used by pickle protocol 5
-    allowed = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,  # how protocol 2 stores bytes
-    }
-    for package in ("numpy.core", "numpy._core"):  # pickles written under numpy 1 or 2
-        allowed[(f"{package}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{package}.numeric", "_frombuffer")] = frombuffer
-    return allowed
+_PICKLE_ALLOWED: dict[tuple[str, str], Any] = {  # what a CIFAR-10 batch needs: numpy arrays in a dict
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,  # how pickle protocol 2 stores bytes
+}
+for _numpy in ("numpy.core", "numpy._core"):  # pickles written under numpy 1 or 2
+    _PICKLE_ALLOWED[(f"{_numpy}.multiarray", "_reconstruct")] = np.zeros(1).__reduce__()[0]
+    _PICKLE_ALLOWED[(f"{_numpy}.numeric", "_frombuffer")] = np.zeros(1).__reduce_ex__(5)[0]  # protocol 5
 
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only: a pickle cannot run code through us."""
 
     def find_class(self, module: str, name: str) -> Any:
-        allowed = _pickle_allowed()
-        if (module, name) not in allowed:
+        if (module, name) not in _PICKLE_ALLOWED:
             raise pickle.UnpicklingError(f"it refers to {module}.{name}, which is not allowed")
-        return allowed[(module, name)]
-
-
-def _load_cifar_pickle(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            content = _ArrayUnpickler(f, encoding="latin1").load()
-    except (OSError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as err:
-        raise CorruptDataError(f"{path} is not a CIFAR-10 batch file ({err}).") from None
-    if not isinstance(content, dict):
-        raise CorruptDataError(f"{path} holds a {type(content).__name__}, not a CIFAR-10 dict.")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in content.items()}
+        return _PICKLE_ALLOWED[(module, name)]
 
 
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    batch = _load_cifar_pickle(path)
-    rows, labels = batch.get("data"), batch.get("labels")
-    if not (
-        isinstance(rows, np.ndarray)
-        and rows.dtype == np.uint8
-        and rows.ndim == 2
-        and rows.shape[1] == 3 * 32 * 32
-        and labels is not None
-        and len(labels) == len(rows)
+    """The images (NHWC) and labels of a CIFAR-10 batch: a pickled dict of 'data' and 'labels'."""
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayUnpickler(f, encoding="latin1").load()
+    except (OSError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as err:
+        raise CorruptDataError(f"{path} is not a CIFAR-10 batch file ({err}).") from None
+    rows, labels = (batch.get("data"), batch.get("labels")) if isinstance(batch, dict) else (None, None)
+    if (
+        not isinstance(rows, np.ndarray)
+        or rows.shape[1:] != (3072,)
+        or labels is None
+        or len(labels) != len(rows)
     ):
         raise CorruptDataError(
             f"{path} is not a CIFAR-10 batch: expected 'data' (uint8, N x 3072) and N 'labels'."
         )
-    return rows, np.asarray(labels)
+    return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(labels)  # a red, green, blue plane
 
 
-def _read_cifar(folder: Path, info: DatasetInfo) -> tuple[dict[str, np.ndarray], Any]:
+def _read_cifar(folder: Path) -> dict[str, np.ndarray]:
     parts = {}
     for split, files in (("train", _CIFAR_TRAIN), ("test", ("test_batch",))):
         batches = [_cifar_batch(folder / file) for file in files]
-        rows = np.concatenate([rows for rows, _ in batches])  # red, green, then blue 32x32 plane
-        parts[f"{split}_images"] = rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        parts[f"{split}_images"] = np.concatenate([images for images, _ in batches])
         parts[f"{split}_labels"] = np.concatenate([labels for _, labels in batches])
-    classes = None
-    meta = folder / "batches.meta"
-    if meta.is_file():
-        classes = _load_cifar_pickle(meta).get("label_names")
-        if classes is None:
-            raise CorruptDataError(f"{meta} has no 'label_names'.")
-    return parts, classes
+    return parts
 
 
 def stl10_images(path: Path) -> np.ndarray:
@@ -476,42 +360,31 @@ def stl10_images(path: Path) -> np.ndarray:
     return images.transpose(0, 3, 2, 1)  # each image is stored column-major: (C, W, H)
 
 
-def _read_stl10(folder: Path, info: DatasetInfo) -> tuple[dict[str, np.ndarray], list[str] | None]:
+def _read_stl10(folder: Path) -> dict[str, np.ndarray]:
     parts = {}
     for split in ("train", "test"):
         images = stl10_images(folder / f"{split}_X.bin")
-        labels_path = folder / f"{split}_y.bin"
-        labels = np.fromfile(labels_path, np.uint8)
+        labels = np.fromfile(folder / f"{split}_y.bin", np.uint8).astype(np.int64) - 1  # stored as 1..10
         if len(labels) != len(images):
             raise CorruptDataError(
-                f"{labels_path} has {len(labels)} labels for the {len(images)} images of "
+                f"{folder / split}_y.bin has {len(labels)} labels for the {len(images)} images of "
                 f"{split}_X.bin: one of them is truncated."
             )
-        if len(labels) and (labels.min() < 1 or labels.max() > info.num_classes):
-            raise CorruptDataError(
-                f"{labels_path} has labels {labels.min()}..{labels.max()}; STL-10 uses 1..10."
-            )
-        parts[f"{split}_images"], parts[f"{split}_labels"] = images, labels.astype(np.int64) - 1
-    names_path = folder / "class_names.txt"
-    if not names_path.is_file():
-        return parts, None
-    return parts, [line.strip() for line in names_path.read_text().splitlines() if line.strip()]
+        parts[f"{split}_images"], parts[f"{split}_labels"] = images, labels
+    return parts
 
 
-# ----------------------------------------------------------------------------------------------
-# Importing files on offline machines
+# ----------------------------------------------------------------------------- importing files offline
 
 
 def import_offline(
     sources: Sequence[str | Path], root: str | Path | None = None, *, as_name: str | None = None
 ) -> list[str]:
-    """Bring dataset files into the data root without network access; return what was done.
+    """Bring dataset files into the data root without network access; return one line per thing done.
 
-    Each source is a `<name>.npz` file, or a folder holding such files and/or the four MNIST or
-    Fashion-MNIST idx files (`.gz` or not). The .npz files are linked (copied if links fail);
-    idx files are decompressed into `<root>/FashionMNIST/raw` or `<root>/MNIST/raw`: the dataset
-    is `as_name` if given, else told by "fashion" or "mnist" in the folder's path. An existing,
-    different file is never replaced: the returned descriptions say so instead.
+    A source is a `<name>.npz` (linked, or copied where links fail), or a folder of such files and/or
+    of the four MNIST or Fashion-MNIST idx files (.gz or not), decompressed into the raw folder of
+    `as_name`, else of "fashion" or "mnist" in the folder's path. A different file is never replaced.
     """
     if as_name is not None and as_name not in ("mnist", "fashion_mnist"):
         raise unknown_name("idx dataset", as_name, ("mnist", "fashion_mnist"))
@@ -519,51 +392,42 @@ def import_offline(
     root.mkdir(parents=True, exist_ok=True)
     done = []
     for source in (Path(s).expanduser() for s in sources):
-        if source.is_file():
-            if not (source.suffix == ".npz" and source.stem in DATASETS):
-                raise D2LCNNError(
-                    f"Don't know how to import {source}: expected a file named <name>.npz with "
-                    f"<name> one of {', '.join(DATASETS)}, or a folder of such files or of idx files."
-                )
-            done.append(_import_npz(source, root))
-        elif source.is_dir():
-            done += _import_folder(source, root, as_name)
-        else:
+        if not source.exists():
             raise DataNotFoundError(f"{source} does not exist.")
-    return done
-
-
-def _import_folder(source: Path, root: Path, as_name: str | None) -> list[str]:
-    found = [source / f"{name}.npz" for name in DATASETS if (source / f"{name}.npz").is_file()]
-    done = [_import_npz(path, root) for path in found]
-    idx = {f: _idx_path(source, f) for f in _IDX_FILES.values()}
-    absent = [f for f, path in idx.items() if not path.is_file()]
-    if absent and len(absent) < len(idx):
-        raise DataNotFoundError(
-            f"{source} holds only some of the idx files: {', '.join(absent)} missing (.gz or not)."
-        )
-    if not absent:
-        done.append(_import_idx(source, idx, root, as_name))
-    elif not found:
-        raise DataNotFoundError(
-            f"Nothing to import in {source}: expected {', '.join(f'{n}.npz' for n in DATASETS)} "
-            f"or the four idx files {', '.join(f'{f}.gz' for f in _IDX_FILES.values())}."
-        )
+        if source.is_file() and not (source.suffix == ".npz" and source.stem in DATASETS):
+            raise D2LCNNError(
+                f"Don't know how to import {source}: expected a file named <name>.npz with "
+                f"<name> one of {', '.join(DATASETS)}, or a folder of such files or of idx files."
+            )
+        npz_files = [source] if source.is_file() else [source / f"{n}.npz" for n in DATASETS]
+        done += [_import_npz(path, root) for path in npz_files if path.is_file()]
+        if source.is_file():
+            continue
+        idx = {f: _idx_path(source, f) for f in _IDX_FILES.values()}
+        absent = [f for f, path in idx.items() if not path.is_file()]
+        if absent and len(absent) < len(idx):
+            raise DataNotFoundError(
+                f"{source} holds only some of the idx files: {', '.join(absent)} missing (.gz or not)."
+            )
+        if not absent:
+            done.append(_import_idx(source, idx, root, as_name))
+        elif not any(path.is_file() for path in npz_files):
+            raise DataNotFoundError(
+                f"Nothing to import in {source}: expected {', '.join(f'{n}.npz' for n in DATASETS)} "
+                f"or the four idx files {', '.join(f'{f}.gz' for f in _IDX_FILES.values())}."
+            )
     return done
 
 
 def _import_npz(source: Path, root: Path) -> str:
-    _open_npz(source, "Not imported.").close()  # refuse a file that is not a dataset .npz
+    _checked_arrays(DATASETS[source.stem], *_read_npz(source), source, source.name)  # refuse a bad file
     target = root / source.name
     if target.is_symlink() and not target.exists():
         target.unlink()  # a dangling link from an earlier import holds nothing
+    if target.exists() and filecmp.cmp(source, target, shallow=False):
+        return f"{source.name}: already in the data root"
     if target.exists():
-        if filecmp.cmp(source, target, shallow=False):
-            return f"{source.name}: already in the data root"
-        return (
-            f"{source.name}: NOT imported, the data root already has a different {source.name} "
-            f"(delete it first to replace it)"
-        )
+        return f"{source.name}: NOT imported, the data root has a different one (delete it to replace it)"
     try:
         os.symlink(source.resolve(), target)
         return f"{source.name}: linked into the data root"
@@ -574,20 +438,17 @@ def _import_npz(source: Path, root: Path) -> str:
 
 
 def _import_idx(source: Path, files: dict[str, Path], root: Path, as_name: str | None) -> str:
-    name = as_name
-    if name is None:
-        where = str(source.resolve()).lower()
-        name = "fashion_mnist" if "fashion" in where else "mnist" if "mnist" in where else None
+    where = str(source.resolve()).lower()
+    name = as_name or ("fashion_mnist" if "fashion" in where else "mnist" if "mnist" in where else None)
     if name is None:
         raise D2LCNNError(
             f"Cannot tell whether the idx files in {source} are MNIST or Fashion-MNIST: "
             f"pass as_name='mnist' or as_name='fashion_mnist'."
         )
     folder = _RAW_LAYOUT[name][1]
+    contents = {file: _read_idx(path)[0] for file, path in files.items()}  # all checked before writing
     written, same, kept = [], [], []
-    for file, path in files.items():
-        content = _read_idx_bytes(path)
-        _parse_idx(content, path)  # refuse truncated or foreign files before writing anything
+    for file, content in contents.items():
         target = root / folder / file
         if target.exists():
             (same if target.read_bytes() == content else kept).append(file)

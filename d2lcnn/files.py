@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from d2lcnn.errors import CorruptDataError, DataNotFoundError
+from d2lcnn.errors import ConfigError, CorruptDataError, DataNotFoundError
 
 
 def atomic_write(target: str | Path, write: Callable[[BinaryIO], Any]) -> None:
@@ -51,3 +51,15 @@ def read_json(path: str | Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise CorruptDataError(f"{str(path)!r} does not hold a d2lcnn {what}.")
     return data
+
+
+def make_folder(path: str | Path, fix: str) -> list[Path]:
+    """Make the folder `path` and its missing parents; return the folders made, deepest first (to
+    remove if nothing lands there). A folder that cannot be made is a ConfigError ending with `fix`."""
+    path = Path(path)
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"Cannot make the folder {path} ({err.strerror or err}). {fix}") from None
+    return made

@@ -820,8 +820,11 @@ def test_load_folder_uses_train_and_val_folders(tmp_path):
     write_images(tmp_path / "set" / "val", COLORS, 1)
     d = data.load_folder(tmp_path / "set", image_size=8, batch_size=4, num_workers=0, device="cpu")
     assert (d.train.num_examples, d.test.num_examples) == (6, 2)
-    x, _ = next(iter(d.train))  # augmented: RandomResizedCrop + flip
+    x, y = next(iter(d.train))  # augmented on the device: a crop of the reflect-padded image, a flip
     assert x.shape == (4, 3, 8, 8)
+    for image, label in zip(d.denormalize(x), y.tolist(), strict=True):  # one colour: any crop keeps it
+        color = torch.tensor(COLORS[d.classes[label]], dtype=torch.float32).view(3, 1, 1) / 255
+        torch.testing.assert_close(image, color.expand(3, 8, 8), atol=1e-5, rtol=0)
     write_images(tmp_path / "set" / "val", {"bird": (0, 255, 0)}, 1)
     with pytest.raises(D2LCNNError, match="only in val: \\['bird'\\]"):
         data.load_folder(tmp_path / "set", num_workers=0, device="cpu")
