@@ -1,21 +1,12 @@
-"""Speed bench: a faithful d2l training loop against `d2lcnn.fit`, side by side on the same data.
+"""Speed bench: a faithful copy of d2l's training loop against `d2lcnn.fit`, on the same data.
 
-    python bench/speed.py                         # full mode (~15 min on 2 quiet cores):
-                                                  # writes bench/results/speed.md
+    python bench/speed.py                         # full mode (~15 min on 2 quiet cores), writes
+                                                  # bench/results/speed.md
     python bench/speed.py --only lenet,resnet18   # some of the models
     python bench/speed.py --quick --out /tmp/speed.md   # a few steps on tiny subsets (CI)
 
-For each model the baseline (d2l 1.0.3's `train_ch6`: fp32, plain SGD, a torchvision DataLoader
-with per-sample PIL transforms and 4 workers, a host sync every step) and d2lcnn (`fit` with its
-defaults on a `DeviceLoader`) train the same architecture on the same images with the same batch
-size. LeNet trains for d2l's 10 epochs; AlexNet (Fashion-MNIST at 224 px) and ResNet-18 (CIFAR-10,
-CIFAR stem) for a fixed number of steps. LeNet also trains with each side's own recipe: d2l's
-sigmoid LeNet, and `python -m d2lcnn train --model lenet_modern --dataset fashion_mnist` run as a
-subprocess.
-
-Every configuration runs in its own process (`d2lcnn.worker`), so its peak memory is its own.
-The bf16 matmul peak of the CPU is measured the same way, and the table reports each run's
-achieved GFLOP/s (3x the forward FLOPs of `d2lcnn.trace` per example) as a share of it.
+bench/README.md says what each side does and what each column measures. Every configuration runs in
+a process of its own (`d2lcnn.worker`), so its peak memory is its own.
 """
 
 from __future__ import annotations
@@ -324,9 +315,7 @@ def run_d2lcnn(name: str, work: Workload) -> dict:
     history = fit(
         model, data, epochs=epochs, lr=work.d2lcnn_lr, max_steps=work.steps, progress=False, log=None
     )
-    total_steps = epochs * steps_per_epoch
-    if work.steps is not None:
-        total_steps = min(total_steps, work.steps)
+    total_steps = work.steps or epochs * steps_per_epoch  # epochs_for covers the steps asked for
     examples, train_seconds, curve = 0, 0.0, []
     for epoch in history.epochs:
         steps = min(steps_per_epoch, total_steps - (epoch.epoch - 1) * steps_per_epoch)
@@ -538,11 +527,6 @@ def run_task(name: str, side: str, quick: bool) -> tuple[dict, float]:
 def _tail(text: str, lines: int = 8) -> str:
     kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
     return "\n".join(kept) or "(no output)"
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically: a killed bench never leaves half a table behind."""
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def time_to(curve: list, acc: float) -> float | None:
@@ -792,7 +776,7 @@ def bench(names: list[str], quick: bool, out: Path | None, label: str, command: 
     print()
     print(table)
     if out is not None:
-        write_text(out, table)
+        atomic_write(out, lambda f: f.write(table.encode()))  # a killed bench leaves no half table
         print(f"Wrote {label}")
     else:
         print("Quick mode: the table was not written (give --out PATH to write it).")
@@ -801,6 +785,8 @@ def bench(names: list[str], quick: bool, out: Path | None, label: str, command: 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; the exit code (2, with one clear message, on bad input or a failed run)."""
+    from d2lcnn.cli import report_errors  # here: the runs' processes import this file without torch
+
     parser = argparse.ArgumentParser(
         prog="bench/speed.py", description="d2l's training loop against d2lcnn.fit, side by side."
     )
@@ -808,27 +794,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated models among {', '.join(MODELS)}")
     parser.add_argument("--out", type=Path, help=f"markdown file to write (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
-    try:
-        names = parse_only(args.only)
-        out = args.out
-        if args.quick and out is not None and out.resolve() == (REPO / DEFAULT_OUT).resolve():
-            raise ConfigError(
-                f"--quick would overwrite the full-mode table {DEFAULT_OUT} with meaningless "
-                "numbers: give another --out (e.g. in /tmp)."
-            )
-        label = str(DEFAULT_OUT if out is None else out.name if out.is_absolute() else out)
-        if out is None and not args.quick:
-            out = REPO / DEFAULT_OUT
-        command = "python bench/speed.py"  # without --out: the table shows no path of this machine
-        command += " --quick" if args.quick else ""
-        command += f" --only {','.join(names)}" if args.only else ""
-        bench(names, args.quick, out, label, command)
-    except D2LCNNError as err:
-        print(f"speed.py: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("speed.py: interrupted", file=sys.stderr)
-        return 130
+    return report_errors("speed.py", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The bench of the command line's `args`."""
+    names = parse_only(args.only)
+    out = args.out
+    if args.quick and out is not None and out.resolve() == (REPO / DEFAULT_OUT).resolve():
+        raise ConfigError(
+            f"--quick would overwrite the full-mode table {DEFAULT_OUT} with meaningless "
+            "numbers: give another --out (e.g. in /tmp)."
+        )
+    label = str(DEFAULT_OUT if out is None else out.name if out.is_absolute() else out)
+    if out is None and not args.quick:
+        out = REPO / DEFAULT_OUT
+    command = "python bench/speed.py"  # without --out: the table shows no path of this machine
+    command += " --quick" if args.quick else ""
+    command += f" --only {','.join(names)}" if args.only else ""
+    bench(names, args.quick, out, label, command)
     return 0
 
 

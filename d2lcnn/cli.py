@@ -1,12 +1,5 @@
-"""Command line: `d2lcnn train`, `d2lcnn trace`, `d2lcnn models`, `d2lcnn data`, `d2lcnn compare`.
-
-Examples::
-
-    python -m d2lcnn train --model lenet --dataset mnist --epochs 10 --out runs/lenet
-    python -m d2lcnn compare --dataset fashion_mnist --budget 60 --models lenet,alexnet,resnet18
-    python -m d2lcnn trace --model vgg11 --input 3x224x224 --depth 2
-    python -m d2lcnn data import ../shared/data /usr/share/datasets/fashion-mnist
-"""
+"""Command line: `d2lcnn train`, `trace`, `models`, `compare` and `data`; `d2lcnn COMMAND --help` tells
+the options of each, e.g. ``python -m d2lcnn train --model lenet --dataset mnist --epochs 10``."""
 
 from __future__ import annotations
 
@@ -17,6 +10,7 @@ import functools
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,41 +21,38 @@ from d2lcnn.checkpoint import History
 from d2lcnn.data import Data
 from d2lcnn.datafiles import dataset_info, describe_root, import_offline
 from d2lcnn.errors import ConfigError, D2LCNNError, closest
-from d2lcnn.files import atomic_write, write_json
+from d2lcnn.files import atomic_write, make_folder, write_json
 from d2lcnn.models import create, list_models, model_doc
 from d2lcnn.runtime import PRECISIONS, pick_device
-from d2lcnn.settings import OPTIMIZERS, Recipe, recipe_for
+from d2lcnn.settings import OPTIMIZERS, Recipe, Settings, recipe_for
 from d2lcnn.trace import trace
 from d2lcnn.train import fit, predict
 
 EPILOG = "Run 'd2lcnn COMMAND --help' for the options of a command."
+OPTION_HELP = "model option, e.g. --option width=0.5 (repeatable)"
+ON_OFF = argparse.BooleanOptionalAction  # --flag / --no-flag; None (not given): the recipe's choice
+# Every option of `d2lcnn train` named like a field of Recipe or Settings overrides the recipe's value.
+RECIPE_FIELDS = {f.name for f in dataclasses.fields(Recipe)} | {f.name for f in dataclasses.fields(Settings)}
+RUN_FILES = ("checkpoint.pt", "history.json", "recipe.json", "curves.png", "predictions.png", "confusion.png")
+COMPARE_FILES = ("comparison.md", "comparison.json", "comparison.png")
 
 
 class Parser(argparse.ArgumentParser):
     """argparse that suggests the closest word for a mistyped choice or option (exit code 2)."""
 
     def error(self, message: str):
-        hint = ""
+        typo, valid = None, []
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        unknown = re.search(r"unrecognized arguments: (-\S+)", message)
         if choice:
-            valid = re.findall(r"'?([\w.-]+)'?", choice.group(2))
-            guess = closest(choice.group(1), valid)
-            hint = f" Did you mean '{guess}'?" if guess else ""
-        unknown = re.search(r"unrecognized arguments: (\S+)", message)
-        if unknown and unknown.group(1).startswith("-"):
-            options = [s for a in self._all_actions() for s in a.option_strings]
-            guess = closest(unknown.group(1), options)
-            hint = f" Did you mean '{guess}'?" if guess else ""
+            typo, valid = choice.group(1), re.findall(r"'?([\w.-]+)'?", choice.group(2))
+        elif unknown:  # an option of any command: the top parser reports those
+            commands = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+            parsers = [self, *(sub for a in commands for sub in a.choices.values())]
+            typo, valid = unknown.group(1), [s for p in parsers for a in p._actions for s in a.option_strings]
+        guess = typo and closest(typo, valid)
         self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}.{hint}\n")
-
-    def _all_actions(self) -> list[argparse.Action]:
-        actions = list(self._actions)
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for sub in action.choices.values():
-                    actions += sub._actions
-        return actions
+        self.exit(2, f"{self.prog}: error: {message}.{f' Did you mean {guess!r}?' if guess else ''}\n")
 
 
 def parse_option(text: str) -> tuple[str, object]:
@@ -75,10 +66,32 @@ def parse_option(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
-def _add_train(commands, models: list[str]) -> None:
+def build_parser() -> Parser:
+    """The parser of every command and its options."""
+    models = list_models()
+    parser = Parser(
+        prog="d2lcnn", description="Models, data and training for the d2lcnn book.", epilog=EPILOG
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     train = commands.add_parser("train", help="train a model; writes history, checkpoint and plots")
-    train.add_argument("--model", required=True, choices=models, metavar="NAME", help=", ".join(models))
+    tr = commands.add_parser("trace", help="print a model's layer-by-layer shapes, parameters and FLOPs")
+    commands.add_parser("models", help="list the models and the input each expects")
+    cmp = commands.add_parser("compare", help="train several models for the same seconds; table and plot")
+    for command in (train, tr):
+        command.add_argument("--model", required=True, choices=models, metavar="NAME", help=", ".join(models))
+        command.add_argument(
+            "--option", type=parse_option, action="append", metavar="KEY=VALUE", help=OPTION_HELP
+        )
+    tr.add_argument("--input", help="input shape CxHxW, e.g. 3x224x224 (default: the model's)")
+    tr.add_argument("--depth", type=int, help="nesting depth shown (1: blocks collapsed)")
+
     train.add_argument("--dataset", help="mnist, fashion_mnist, cifar10, stl10 or an image folder path")
+    cmp.add_argument("--dataset", default="fashion_mnist", help="mnist, fashion_mnist, cifar10 or stl10")
+    for command in (train, cmp):
+        command.add_argument("--train-per-class", type=int, help="use a class-balanced training subset")
+        command.add_argument("--test-per-class", type=int)
+        command.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+        command.add_argument("--seed", type=int, default=0)
     train.add_argument("--epochs", type=int, help="passes over the training data")
     train.add_argument("--lr", type=float, help="peak learning rate")
     train.add_argument("--batch-size", type=int)
@@ -86,99 +99,71 @@ def _add_train(commands, models: list[str]) -> None:
     train.add_argument("--weight-decay", type=float)
     train.add_argument("--label-smoothing", type=float)
     train.add_argument("--resize", type=int, help="resize images to this side (default: the model's)")
-    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    train.add_argument("--test-flip", action=argparse.BooleanOptionalAction, default=None,
-                       help="evaluate on each image and its mirror image (default: the recipe's, "
-                       "where the dataset's classes allow flips)")  # fmt: skip
-    train.add_argument("--train-per-class", type=int, help="use a class-balanced subset")
-    train.add_argument("--test-per-class", type=int)
-    train.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
-                       help="model option, e.g. --option width=0.5 (repeatable)")  # fmt: skip
-    train.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    train.add_argument("--augment", action=ON_OFF)
+    train.add_argument(
+        "--test-flip", action=ON_OFF, help="evaluate on mirror images too (if the classes allow)"
+    )
     train.add_argument("--precision", choices=PRECISIONS, default="auto")
-    train.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="memory format (default: chosen for the model and device)",
-    )
+    train.add_argument("--channels-last", action=ON_OFF, help="memory format (default: the faster one)")
     train.add_argument("--compile", action="store_true", help="torch.compile the model")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", type=Path, default=None, help="output folder (default runs/MODEL-DATASET)")
-    train.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last finished epoch"
-    )
+    train.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATASET)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     train.add_argument("--no-plots", action="store_true")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
-
-def build_parser() -> Parser:
-    models = list_models()
-    parser = Parser(
-        prog="d2lcnn", description="Models, data and training for the d2lcnn book.", epilog=EPILOG
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-
-    _add_train(commands, models)
-
-    tr = commands.add_parser("trace", help="print a model's layer-by-layer shapes, parameters and FLOPs")
-    tr.add_argument("--model", required=True, choices=models, metavar="NAME", help=", ".join(models))
-    tr.add_argument("--input", help="input shape CxHxW, e.g. 3x224x224 (default: the model's)")
-    tr.add_argument("--depth", type=int, default=None, help="nesting depth shown (1: blocks collapsed)")
-    tr.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE")
-
-    commands.add_parser("models", help="list the models and the input each expects")
-
-    cmp = commands.add_parser(
-        "compare", help="train several models for the same seconds on the same data; table and plot"
-    )
-    cmp.add_argument("--dataset", default="fashion_mnist", help="mnist, fashion_mnist, cifar10 or stl10")
     cmp.add_argument("--budget", type=float, default=20.0, help="seconds of training per model")
-    cmp.add_argument("--models", type=lambda text: text.split(","), default=None, metavar="A,B,...",
-                     help="comma-separated model names (default: one per family of the book)")  # fmt: skip
-    cmp.add_argument("--train-per-class", type=int, help="use a class-balanced training subset")
-    cmp.add_argument("--test-per-class", type=int)
-    cmp.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--models", metavar="A,B,...", help="model names (default: one per family of the book)")
     cmp.add_argument("--out", type=Path, default=Path("runs") / "compare", help="output folder")
     cmp.add_argument("--force", action="store_true", help="replace the results already in --out")
 
     data = commands.add_parser("data", help="offline datasets: import files, list what is there")
-    data_commands = data.add_subparsers(
-        dest="data_command", required=True, metavar="ACTION", parser_class=Parser
-    )
-    imp = data_commands.add_parser("import", help="link .npz files and unpack idx files into the data root")
+    actions = data.add_subparsers(dest="data_command", required=True, metavar="ACTION", parser_class=Parser)
+    imp = actions.add_parser("import", help="link .npz files and unpack idx files into the data root")
     imp.add_argument("sources", nargs="+", type=Path, help="files or folders")
     imp.add_argument("--if-exists", action="store_true", help="skip sources that do not exist")
-    data_commands.add_parser("list", help="datasets available in the data root")
+    actions.add_parser("list", help="datasets available in the data root")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `d2lcnn` command; returns the exit code."""
     args = build_parser().parse_args(argv)
+    commands = {"train": _train, "trace": _trace, "models": _models, "compare": _compare, "data": _data}
+    return report_errors("d2lcnn", functools.partial(commands[args.command], args))
+
+
+def report_errors(prog: str, command: Callable[[], int]) -> int:
+    """`command()`'s exit code; a D2LCNNError is one line `PROG: error: ...` and code 2, Ctrl-C code 130."""
     try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "trace":
-            return _trace(args)
-        if args.command == "models":
-            return _models()
-        if args.command == "compare":
-            return _compare(args)
-        return _data(args)
+        return command()
     except D2LCNNError as err:
-        print(f"d2lcnn: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("d2lcnn: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 
-def _models() -> int:
+def _models(args: argparse.Namespace) -> int:
     width = max(len(n) for n in list_models())
     for name in list_models():
         print(f"{name:<{width}}  {model_doc(name)}")
+    return 0
+
+
+def _trace(args: argparse.Namespace) -> int:
+    model = create(args.model, **dict(args.option or []))
+    print(trace(model, args.input or (model.in_channels, model.input_size, model.input_size), args.depth))
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    if args.data_command == "import":
+        lines = import_offline([s for s in args.sources if s.exists() or not args.if_exists])
+    else:
+        lines = describe_root()
+    for line in lines:
+        print(line)
     return 0
 
 
@@ -187,6 +172,48 @@ def _check_per_class(args: argparse.Namespace) -> None:
         value = getattr(args, option)
         if value is not None and value < 1:
             raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an --out below a file, or in a folder the user cannot write to."""
+    nearest = next(p for p in (out, *out.parents, Path(".")) if p.exists())
+    if not nearest.is_dir():
+        raise ConfigError(f"--out {out}: {nearest} is a file, not a folder. Choose another --out.")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {nearest} is not writable for you. Choose another --out.")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    out, shown = args.out, os.path.relpath(args.out)
+    existing = ", ".join(name for name in COMPARE_FILES if (out / name).exists())
+    if existing and not args.force:
+        fix = "add --force to replace them, or choose another --out"
+        raise ConfigError(f"{shown} already holds results ({existing}): {fix}.")
+    _check_writable(out)
+    _check_per_class(args)
+    plot = _plotting()
+
+    def save(result: compare.Comparison) -> None:  # after every model, so a crash keeps what is done
+        make_folder(out, f"Choose a folder you can write to instead of --out {out}.")
+        result.to_json(out / "comparison.json")
+        text = result.to_markdown()
+        atomic_write(out / "comparison.md", lambda f: f.write(text.encode()))
+
+    models = args.models and args.models.split(",")
+    subsets = dict(train_per_class=args.train_per_class, test_per_class=args.test_per_class)
+    log = functools.partial(print, file=sys.stderr)
+    result = compare.compare(
+        args.dataset, args.budget, models, **subsets, seed=args.seed, device=args.device, log=log, on_row=save
+    )
+    save(result)
+    _save_png(plot.plot_comparison(result), out / "comparison.png")
+    print(result.to_markdown(), end="")
+    print(f"\nWrote {shown}/comparison.md, comparison.json and comparison.png.")
+    failed = [r.model for r in result.rows if r.error]
+    if failed:
+        what = f"{len(failed)} of {len(result.rows)} models failed ({', '.join(failed)})"
+        print(f"d2lcnn: {what}: see the table for why.", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _plotting():
@@ -199,80 +226,37 @@ def _plotting():
     return plot
 
 
-def _compare(args: argparse.Namespace) -> int:
-    plot = _plotting()
-    out: Path = args.out
-    names = ("comparison.md", "comparison.json", "comparison.png")
-    existing = [name for name in names if (out / name).exists()]
-    if existing and not args.force:
-        raise ConfigError(
-            f"{os.path.relpath(out)} already holds results ({', '.join(existing)}): add --force to "
-            "replace them, or choose another --out."
-        )
-    _check_per_class(args)
+def _save_png(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
 
-    def save(result: compare.Comparison) -> None:  # after every model, so a crash keeps what is done
-        result.to_json(out / "comparison.json")
-        text = result.to_markdown()
-        atomic_write(out / "comparison.md", lambda f: f.write(text.encode()))
-
-    result = compare.compare(
-        args.dataset, args.budget, args.models, train_per_class=args.train_per_class,
-        test_per_class=args.test_per_class, seed=args.seed, device=args.device,
-        log=lambda line: print(line, file=sys.stderr), on_row=save,
-    )  # fmt: skip
-    save(result)
-    _save_png(plot.plot_comparison(result), out / "comparison.png")
-    print(result.to_markdown(), end="")
-    shown = os.path.relpath(out)
-    print(f"\nWrote {shown}/comparison.md, comparison.json and comparison.png.")
-    failed = [r.model for r in result.rows if r.error]
-    if failed:
-        print(f"d2lcnn: {len(failed)} of {len(result.rows)} models failed ({', '.join(failed)}): see the "
-              "table for why.", file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
-
-
-def _trace(args: argparse.Namespace) -> int:
-    model = create(args.model, **dict(args.option))
-    shape = args.input or (model.in_channels, model.input_size, model.input_size)
-    print(trace(model, shape, depth=args.depth))
-    return 0
-
-
-def _data(args: argparse.Namespace) -> int:
-    if args.data_command == "import":
-        sources = [s for s in args.sources if s.exists() or not args.if_exists]
-        lines = import_offline(sources)
-    else:
-        lines = describe_root()
-    for line in lines:
-        print(line)
-    return 0
+    atomic_write(path, functools.partial(figure.savefig, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(figure)
 
 
 # ----------------------------------------------------------------------------- d2lcnn train
-# settings -> data -> model -> run folder -> fit -> outputs. Everything that can be checked without
-# the data is checked first, and the run folder is made last, so a refused run leaves nothing behind.
-
-RUN_FILES = ("checkpoint.pt", "history.json", "recipe.json", "curves.png", "predictions.png", "confusion.png")
+# Everything that can be checked without the data is checked first, and the run folder is made
+# last, so that a refused run reads no data and leaves nothing behind.
 
 
 def _train(args: argparse.Namespace) -> int:
-    recipe = _train_recipe(args)
-    options = {**recipe.model_options, **dict(args.option)}
+    _check_per_class(args)
+    pick_device(args.device)  # a device that is not there fails now, not after loading the data
+    recipe = recipe_for(args.model).with_overrides(
+        **{k: v for k, v in vars(args).items() if k in RECIPE_FIELDS}
+    )
+    options = {**recipe.model_options, **dict(args.option or [])}
     with torch.device("meta"):  # checks the options and tells the input size, without any memory
-        probe = create(args.model, **options)
-    out = args.out or Path("runs") / f"{args.model}-{_dataset_label(recipe.dataset)}"
+        input_size = create(args.model, **options).input_size
+    dataset = Path(recipe.dataset).resolve().name if Path(recipe.dataset).is_dir() else recipe.dataset
+    out = args.out or Path("runs") / f"{args.model}-{dataset}"
     _check_run_folder(out, args.resume)
-    data, recipe = _train_data(args, recipe, probe.input_size)
+    data, recipe = _train_data(args, recipe, input_size)
     options = _options_for(data, options)
     torch.manual_seed(recipe.settings.seed)  # the initial weights too come from --seed
     model = create(args.model, **options)
-    made = _make_folder(out)
-    print(f"Training {args.model} on {data.name} ({data.train.num_examples:,} train / "
-          f"{data.test.num_examples:,} test images) -> {out}")  # fmt: skip
+    made = make_folder(out, f"Choose a folder you can write to instead of --out {out}.")
+    sizes = f"{data.train.num_examples:,} train / {data.test.num_examples:,} test images"
+    print(f"Training {args.model} on {data.name} ({sizes}) -> {out}")
     try:
         history = _fit(model, data, recipe, out, args)
     finally:
@@ -282,78 +266,44 @@ def _train(args: argparse.Namespace) -> int:
     if history is None:
         return 130
     history.config.update(model=args.model, model_options=options, dataset=data.name)
-    written = _write_outputs(model, data, history, recipe, options, out, plots=not args.no_plots)
-    print(f"Test accuracy {history.final_test_acc:.2%} after {history.total_seconds:.0f} s. Wrote "
-          f"{out}/{_listing(written)}.")  # fmt: skip
+    history.to_json(out / "history.json")
+    write_json(out / "recipe.json", {**dataclasses.asdict(recipe), "model_options": options})
+    written = ["history.json", "checkpoint.pt", "recipe.json"]
+    if not args.no_plots:
+        written += _save_plots(model, data, history, out)
+    print(f"Test accuracy {history.final_test_acc:.2%} after {history.total_seconds:.0f} s.", end=" ")
+    print(f"Wrote {out}/{', '.join(written[:-1])} and {written[-1]}.")
     return 0
 
 
-def _train_recipe(args: argparse.Namespace) -> Recipe:
-    """The model's recipe with the command line's changes, checked before any data is read."""
-    _check_per_class(args)
-    pick_device(args.device)  # a device that is not there fails now, not after loading the data
-    return recipe_for(args.model).with_overrides(
-        dataset=args.dataset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        optimizer=args.optimizer, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-        augment=args.augment, resize=args.resize, test_flip=args.test_flip, device=args.device,
-        precision=args.precision, channels_last=args.channels_last, compile=args.compile, seed=args.seed,
-    )  # fmt: skip
-
-
-def _dataset_label(dataset: str) -> str:
-    """The name a dataset's runs go under: its own, or an image folder's."""
-    return Path(dataset).resolve().name if Path(dataset).is_dir() else dataset
-
-
 def _check_run_folder(out: Path, resume: bool) -> None:
-    """Refuse an --out that is a file, or that holds a run (unless resumed) or nothing to resume."""
-    nearest = next(p for p in (out, *out.parents, Path(".")) if p.exists())
-    if not nearest.is_dir():
-        raise ConfigError(f"--out {out}: {nearest} is a file, not a folder. Choose another --out.")
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out}: {nearest} is not writable for you. Choose another --out.")
+    """Refuse an --out that is no folder, or that holds a run (unless resumed) or nothing to resume."""
+    _check_writable(out)
     found = [name for name in RUN_FILES if (out / name).exists()]
-    has_checkpoint = "checkpoint.pt" in found
-    if resume and not has_checkpoint:
-        held = f" (it holds only {', '.join(found)})" if found else ""
-        elsewhere = " with another --out" if found else ""
+    listed = ", ".join(found)
+    if resume and "checkpoint.pt" not in found:
+        held, elsewhere = (f" (it holds only {listed})", " with another --out") if found else ("", "")
+        problem = f"--resume: {out} holds no checkpoint.pt, so there is no run to continue{held}"
+        raise ConfigError(f"{problem}. Drop --resume to start a new run{elsewhere}.")
+    if found and not resume and "checkpoint.pt" in found:
         raise ConfigError(
-            f"--resume: {out} holds no checkpoint.pt, so there is no run to continue{held}. "
-            f"Drop --resume to start a new run{elsewhere}."
+            f"{out} already holds a run ({listed}): add --resume to continue it, or choose another --out."
         )
     if found and not resume:
-        if has_checkpoint:
-            raise ConfigError(
-                f"{out} already holds a run ({', '.join(found)}): add --resume to continue it, or "
-                "choose another --out."
-            )
-        raise ConfigError(
-            f"{out} already holds results of a run ({', '.join(found)}) but no checkpoint.pt to resume "
-            "from: choose another --out (or move those files away to start over there)."
-        )
+        problem = f"{out} already holds results of a run ({listed}) but no checkpoint.pt to resume from"
+        raise ConfigError(f"{problem}: choose another --out (or move those files away to start over).")
 
 
 def _train_data(args: argparse.Namespace, recipe: Recipe, input_size: int) -> tuple[Data, Recipe]:
-    """The training data, resized for the model where the recipe does not say; test flips only
-    where the dataset's classes allow mirror images."""
-    dataset, seed = recipe.dataset, recipe.settings.seed
-    if Path(dataset).is_dir():
-        data = datasets.load_folder(dataset, image_size=recipe.resize or input_size,
-                                    batch_size=recipe.batch_size, augment=recipe.augment, seed=seed,
-                                    device=args.device)  # fmt: skip
-        return data, recipe
-    info = dataset_info(dataset)
-    resize = recipe.resize
-    if resize is None and info.image_size != input_size:
-        resize = input_size
-    if args.test_flip is None and not info.flip:  # the recipe's dataset was overridden
+    """The data at the recipe's size, else the model's; test flips only where the classes allow them."""
+    size, seed = recipe.resize or input_size, recipe.settings.seed
+    common = dict(batch_size=recipe.batch_size, augment=recipe.augment, seed=seed, device=args.device)
+    if Path(recipe.dataset).is_dir():
+        return datasets.load_folder(recipe.dataset, image_size=size, **common), recipe
+    if args.test_flip is None and not dataset_info(recipe.dataset).flip:  # another dataset than the recipe's
         recipe = recipe.with_overrides(test_flip=False)
-    data = datasets.load(
-        dataset, batch_size=recipe.batch_size, train_per_class=args.train_per_class,
-        test_per_class=args.test_per_class, resize=resize, augment=recipe.augment,
-        device=args.device, seed=seed,
-    )  # fmt: skip
-    return data, recipe
+    subsets = dict(train_per_class=args.train_per_class, test_per_class=args.test_per_class)
+    return datasets.load(recipe.dataset, resize=size, **subsets, **common), recipe
 
 
 def _options_for(data: Data, options: dict) -> dict:
@@ -363,55 +313,28 @@ def _options_for(data: Data, options: dict) -> dict:
     for name, value in from_data.items():
         if name in options and options[name] != value:
             what = f"{value} classes" if name == "num_classes" else f"{value} channel(s)"
-            raise ConfigError(
-                f"--option {name}={options[name]!r} contradicts the data: {data.name} has {what}. "
-                f"Drop the option: the command sets {name} from the data."
-            )
+            problem = f"--option {name}={options[name]!r} contradicts the data: {data.name} has {what}"
+            raise ConfigError(f"{problem}. Drop the option: the command sets {name} from the data.")
     return {**options, **from_data}
 
 
-def _make_folder(out: Path) -> list[Path]:
-    """Make the run folder; return the folders made (deepest first), to remove if nothing lands there."""
-    made = [p for p in (out, *out.parents) if not p.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(
-            f"Cannot make the run folder --out {out}: {err.strerror or err}. Choose a folder you can "
-            "write to, e.g. --out runs/my-run."
-        ) from None
-    return made
-
-
 def _fit(model, data: Data, recipe: Recipe, out: Path, args: argparse.Namespace) -> History | None:
-    """fit, saving to out/checkpoint.pt; None after Ctrl-C, with what was kept and how to continue."""
+    """fit, saving to out/checkpoint.pt; None after Ctrl-C, saying what was kept and how to continue."""
     checkpoint = out / "checkpoint.pt"
     try:
-        return fit(model, data, recipe.settings, progress=not args.quiet, checkpoint=checkpoint,
-                   resume=args.resume)  # fmt: skip
+        return fit(
+            model, data, recipe.settings, progress=not args.quiet, checkpoint=checkpoint, resume=args.resume
+        )
     except KeyboardInterrupt:
         if checkpoint.exists():  # fit writes it after each finished epoch, and only then
-            told = (f"{checkpoint} holds the run up to its last finished epoch: run the same command with "
-                    f"--resume (same --out {out}) to continue from there.")  # fmt: skip
+            told = (
+                f"{checkpoint} holds the run up to its last finished epoch: run the same command with "
+                f"--resume (same --out {out}) to continue from there."
+            )
         else:
             told = "no epoch finished, so nothing was saved: run the same command again to start over."
         print(f"d2lcnn: interrupted; {told}", file=sys.stderr)
         return None
-
-
-def _write_outputs(model, data: Data, history: History, recipe: Recipe, options: dict, out: Path,
-                   plots: bool) -> list[str]:  # fmt: skip
-    """history.json, recipe.json and (with `plots`) the figures; returns the names of all files written."""
-    history.to_json(out / "history.json")
-    write_json(out / "recipe.json", {**dataclasses.asdict(recipe), "model_options": options})
-    written = ["history.json", "checkpoint.pt", "recipe.json"]
-    if plots:
-        written += _save_plots(model, data, history, out)
-    return written
-
-
-def _listing(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _save_plots(model, data: Data, history: History, out: Path) -> list[str]:
@@ -425,10 +348,3 @@ def _save_plots(model, data: Data, history: History, out: Path) -> list[str]:
     for name, figure in figures.items():
         _save_png(figure, out / name)
     return list(figures)
-
-
-def _save_png(figure, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    atomic_write(path, functools.partial(figure.savefig, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(figure)

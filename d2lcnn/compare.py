@@ -1,21 +1,8 @@
-"""Every architecture of the book on the same data and the same compute budget, in one table.
+"""Every architecture of the book on the same data for the same seconds of training, in one table.
 
-``d2lcnn compare --dataset fashion_mnist --budget 60`` trains each model for about `budget` seconds
-of wall-clock and measures parameters, FLOPs per image, seconds per epoch, throughput, peak memory
-and test accuracy. How it keeps the comparison fair:
-
-- Same data: every model sees the same images (no augmentation), resized to its input side.
-- Same settings as elsewhere: each model trains with its recipe (`d2lcnn.settings.recipe_for`:
-  model options, input side, optimiser, learning rate, batch size; `GENERIC_RECIPE` for a model
-  without one), whose note says how it differs from d2l.
-- Same budget, complete schedule: the learning-rate schedule runs over wall-clock seconds instead
-  of steps (`WallClockSchedule`), so it ends when the budget does whatever the pace, and training
-  stops within about half a step of the budget. One warm-up step first (memory, kernels) is not
-  counted; each row reports the seconds the training actually took.
-- Own process: each model trains in a fresh Python process (`d2lcnn.worker`), so the peak memory
-  is that model's alone, and a model that fails (an input it cannot take, a crash, no memory left)
-  leaves a message in its row instead of losing the other models' results. A recipe a model
-  cannot even be built with fails before anything trains.
+Each model trains with its recipe (`d2lcnn.settings`) on the same images resized to its input side,
+in a process of its own (`d2lcnn.worker`: the peak memory is its own, a crash costs only its row),
+for `budget` seconds of wall clock over which its learning-rate schedule runs (`WallClockSchedule`).
 """
 
 from __future__ import annotations
@@ -31,7 +18,7 @@ import torch
 from torch import nn
 
 from d2lcnn import data as datasets
-from d2lcnn.errors import ConfigError, CorruptDataError, TrainingDivergedError, unknown_name
+from d2lcnn.errors import ConfigError, CorruptDataError, TrainingDivergedError, is_number
 from d2lcnn.files import read_json, write_json
 from d2lcnn.models import create, list_models
 from d2lcnn.runtime import Runtime, pick_device, pick_precision, seed_everything
@@ -40,16 +27,16 @@ from d2lcnn.trace import trace
 from d2lcnn.train import evaluate, make_optimizer, make_schedule, train_epoch
 from d2lcnn.worker import memory_mb, run_in_process
 
-__all__ = ["DEFAULT_MODELS", "Comparison", "Row", "WallClockSchedule", "compare", "settings_markdown"]
-
-_FORMAT = "d2lcnn-comparison"
-
+FORMAT = "d2lcnn-comparison"
 # One model per family of the book, in the book's order; those not registered are left out.
 DEFAULT_MODELS = ("lenet", "lenet_bn", "lenet_modern", "alexnet", "vgg11", "nin", "googlenet", "resnet18",
                   "densenet")  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- results
+RESULT_COLUMNS = ("Model", "Input", "Params", "FLOPs/image", "Epochs", "Train s", "s/epoch", "Images/s",
+                  "Peak MB", "Test acc")  # fmt: skip
+SETTINGS_COLUMNS = ("Model", "Input", "Options", "Training", "Compared with d2l")
+TEXT_COLUMNS = {"Model", "Options", "Training", "Compared with d2l"}  # left-aligned; the others are numbers
+CUDA_MEMORY = "CUDA memory allocated by torch"  # what peak_memory_mb measures
+PROCESS_MEMORY = "peak resident memory of the model's own process (Python, torch and the data included)"
 
 
 @dataclass
@@ -104,12 +91,9 @@ class Comparison:
         )
 
     def to_markdown(self, settings: bool = True) -> str:
-        """The header line, the results table (one line per model), failures, and the settings."""
-        lines = [
-            self.header(),
-            "",
-            _markdown_table(_RESULT_COLUMNS, [_result_cells(self, r) for r in self.rows]),
-        ]
+        """The header line, the results table, the failures and (with `settings`) the settings table."""
+        results = [_result_cells(r, self.in_channels) for r in self.rows]
+        lines = [self.header(), "", _markdown_table(RESULT_COLUMNS, results)]
         bases = [r.base_memory_mb for r in self.rows if r.base_memory_mb is not None]
         base = f", of which about {min(bases):,.0f} MB before any model is built" if bases else ""
         lines += ["", f"Peak MB: {self.memory}{base}. Epochs: passes over the training set in the budget."]
@@ -120,82 +104,54 @@ class Comparison:
             lines += ["", _settings_table(self.rows, self.in_channels)]
         return "\n".join(lines) + "\n"
 
-    def as_dict(self) -> dict:
-        """Plain dicts and lists (JSON-safe)."""
-        return {"format": _FORMAT, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Comparison:
-        """Inverse of `as_dict`."""
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise CorruptDataError("Not a d2lcnn comparison (no 'format': 'd2lcnn-comparison').")
-        try:
-            rows = [Row(**row) for row in data["rows"]]
-            values = {f.name: data[f.name] for f in fields(cls) if f.name != "rows"}
-        except (KeyError, TypeError) as err:
-            raise CorruptDataError(f"Not a d2lcnn comparison (missing or malformed field: {err}).") from None
-        return cls(**values, rows=rows)
-
     def to_json(self, path: str | Path) -> None:
         """Write the comparison as JSON, atomically."""
-        write_json(path, self.as_dict())
+        write_json(path, {"format": FORMAT, **asdict(self)})
 
     @classmethod
     def from_json(cls, path: str | Path) -> Comparison:
         """Read a comparison written by `to_json`."""
-        return cls.from_dict(read_json(path, "comparison"))
-
-    def __repr__(self) -> str:
-        done = sum(r.error is None for r in self.rows)
-        return f"Comparison({self.dataset}, {self.budget:g} s, {done}/{len(self.rows)} models)"
-
-
-_RESULT_COLUMNS = [("Model", "<"), ("Input", ">"), ("Params", ">"), ("FLOPs/image", ">"), ("Epochs", ">"),
-                   ("Train s", ">"), ("s/epoch", ">"), ("Images/s", ">"), ("Peak MB", ">"),
-                   ("Test acc", ">")]  # fmt: skip
+        data = read_json(path, "comparison")
+        if data.get("format") != FORMAT:
+            raise CorruptDataError(f"Not a d2lcnn comparison (no 'format': '{FORMAT}').")
+        try:
+            rows = [Row(**row) for row in data["rows"]]
+            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name != "rows"}, rows=rows)
+        except (KeyError, TypeError) as err:
+            raise CorruptDataError(f"Not a d2lcnn comparison (missing or malformed field: {err}).") from None
 
 
-def _result_cells(comparison: Comparison, r: Row) -> list[str]:
+def _result_cells(r: Row, in_channels: int) -> list[str]:
     def number(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    size = f"{comparison.in_channels}x{r.input_size}x{r.input_size}"
     acc = "failed" if r.error else number(None if r.test_acc is None else 100 * r.test_acc, ".1f") + "%"
-    return [r.model, size, number(r.params, ","), "-" if r.flops is None else _si(r.flops),
+    flops = "-" if r.flops is None else _si(r.flops)
+    return [r.model, f"{in_channels}x{r.input_size}x{r.input_size}", number(r.params, ","), flops,
             number(r.epochs, ".3g"), number(r.train_seconds, ".1f"), number(r.epoch_seconds, ".3g"),
             number(r.examples_per_s, ",.0f"), number(r.peak_memory_mb, ",.0f"), acc]  # fmt: skip
 
 
 def _settings_table(rows: Sequence[Row], in_channels: int) -> str:
-    columns = [
-        ("Model", "<"),
-        ("Input", ">"),
-        ("Options", "<"),
-        ("Training", "<"),
-        ("Compared with d2l", "<"),
-    ]
     body = []
     for r in rows:
         options = ", ".join(f"{k}={v}" for k, v in r.options.items()) or "-"
         training = f"{r.optimizer}, lr {r.lr:g}, batch {r.batch_size}"
-        body.append(
-            [r.model, f"{in_channels}x{r.input_size}x{r.input_size}", options, training, r.note or "-"]
-        )
-    return _markdown_table(columns, body)
+        size = f"{in_channels}x{r.input_size}x{r.input_size}"
+        body.append([r.model, size, options, training, r.note or "-"])
+    return _markdown_table(SETTINGS_COLUMNS, body)
 
 
-def _markdown_table(columns: Sequence[tuple[str, str]], body: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip([c for c, _ in columns], *body)]
-    rule = "|" + "|".join(
-        ("-" * (w + 1) + ":" if a == ">" else "-" * (w + 2)) for (_, a), w in zip(columns, widths)
-    )
-    lines = [_cells([c for c, _ in columns], columns, widths), rule + "|"]
-    lines += [_cells(cells, columns, widths) for cells in body]
-    return "\n".join(lines)
+def _markdown_table(columns: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A markdown table that lines up in a terminal too."""
+    align = ["<" if c in TEXT_COLUMNS else ">" for c in columns]
+    widths = [max(len(cell) for cell in column) for column in zip(columns, *body)]
 
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)) + " |"
 
-def _cells(cells: Sequence[str], columns: Sequence[tuple[str, str]], widths: Sequence[int]) -> str:
-    return "| " + " | ".join(f"{str(c):{a}{w}}" for c, (_, a), w in zip(cells, columns, widths)) + " |"
+    rule = "|".join("-" * (w + 1) + ":" if a == ">" else "-" * (w + 2) for a, w in zip(align, widths))
+    return "\n".join([line(columns), f"|{rule}|", *(line(cells) for cells in body)])
 
 
 def _si(number: float) -> str:
@@ -205,15 +161,11 @@ def _si(number: float) -> str:
     return f"{number:g}"
 
 
-def settings_markdown(models: Sequence[str] | None = None, dataset: str = "fashion_mnist") -> str:
-    """The settings table of `models` (default: the registered `DEFAULT_MODELS`) as markdown, before
-    anything is trained: input, options, optimiser and how each differs from d2l."""
-    channels = datasets.dataset_info(dataset).channels
-    rows = [_planned_row(name, recipe_for(name, generic=True)) for name in _check_models(models)]
-    return _settings_table(rows, channels)
-
-
-# ----------------------------------------------------------------------------- running the comparison
+def settings_markdown() -> str:
+    """The settings table of the registered `DEFAULT_MODELS` on Fashion-MNIST, before anything trains:
+    input, options, optimiser and how each differs from d2l."""
+    rows = [_planned_row(name, recipe_for(name, generic=True)) for name in _check_models(None)]
+    return _settings_table(rows, in_channels=1)
 
 
 def compare(
@@ -229,80 +181,63 @@ def compare(
     log: Callable[[str], Any] | None = print,
     on_row: Callable[[Comparison], Any] | None = None,
 ) -> Comparison:
-    """Train each of `models` on `dataset` for about `budget` seconds, each in its own process.
-
-    - models: registered model names (default: `DEFAULT_MODELS` that are registered).
-    - train_per_class, test_per_class: a class-balanced subset of that many images per class.
-    - recipes: a recipe per model name instead of its default one, e.g. a smaller input side:
-      ``{"nin": recipe_for("nin").with_overrides(resize=64)}``.
-    - log: progress lines (None: silent). on_row: called with the comparison after every model,
-      e.g. to save partial results.
-
-    A recipe a model cannot be built with is an error before anything trains; a model that fails
-    while it trains gets a row with its `error`, and the others are not affected.
-    """
-    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+    """Train each of `models` (default: the registered `DEFAULT_MODELS`) on `dataset` for about `budget`
+    seconds, each in its own process. `recipes`: one by model name instead of its own, e.g. ``{"nin":
+    recipe_for("nin").with_overrides(resize=64)}``; `on_row(comparison)` is called after every model.
+    A recipe a model cannot be built with fails before anything trains; a model that fails in training
+    gets its `error` in its row."""
+    if not (is_number(budget) and budget > 0):
         raise ConfigError(f"The budget is seconds of training per model and must be > 0, got {budget!r}.")
-    info = datasets.dataset_info(dataset)
-    chosen = {
-        name: (recipes or {}).get(name) or recipe_for(name, generic=True) for name in _check_models(models)
-    }
+    names = _check_models(models)
+    chosen = {name: (recipes or {}).get(name) or recipe_for(name, generic=True) for name in names}
     rows = {name: _planned_row(name, recipe) for name, recipe in chosen.items()}  # a bad recipe fails here
     torch_device = pick_device(device)
-    precision = pick_precision(torch_device, "auto")
-    # Fail now, not once per model, if the data are missing or the subset is too large.
-    probe = datasets.load(dataset, batch_size=1, train_per_class=train_per_class,
-                          test_per_class=test_per_class, device="cpu", seed=seed)  # fmt: skip
+    subsets = dict(train_per_class=train_per_class, test_per_class=test_per_class)
+    # Loaded once, so that missing data or a subset larger than the data fails now, not once per model.
+    data = datasets.load(dataset, batch_size=1, device="cpu", seed=seed, **subsets)
     result = Comparison(
-        dataset=dataset, budget=float(budget), device=torch_device.type, precision=precision,
-        threads=torch.get_num_threads(), torch=str(torch.__version__), in_channels=info.channels,
-        train_examples=probe.train.num_examples, test_examples=probe.test.num_examples, seed=seed,
-        memory=("CUDA memory allocated by torch" if torch_device.type == "cuda" else
-                "peak resident memory of the model's own process (Python, torch and the data included)"),
+        dataset=dataset, budget=float(budget), device=str(torch_device),
+        precision=pick_precision(torch_device, "auto"),
+        threads=torch.get_num_threads(), torch=str(torch.__version__), in_channels=data.in_channels,
+        train_examples=data.train.num_examples, test_examples=data.test.num_examples, seed=seed,
+        memory=CUDA_MEMORY if torch_device.type == "cuda" else PROCESS_MEMORY,
     )  # fmt: skip
-    del probe
     say = log or (lambda line: None)
     say(result.header())
     for i, (name, recipe) in enumerate(chosen.items(), 1):
         row = rows[name]
         options = ", ".join(f"{k}={v}" for k, v in row.options.items())
         say(f"[{i}/{len(chosen)}] {name} at {row.input_size} px{f' ({options})' if options else ''}...")
-        settings = recipe.settings.replace(device=str(torch_device), precision=precision, seed=seed)
-        spec = {
-            "model": name, "input_size": row.input_size, "options": row.options, "batch_size": row.batch_size,
-            "settings": settings.as_dict(), "dataset": dataset, "budget": float(budget),
-            "train_per_class": train_per_class, "test_per_class": test_per_class,
-        }  # fmt: skip
-        outcome = run_in_process("d2lcnn.compare:measure", spec)
+        settings = recipe.settings.replace(device=result.device, precision=result.precision, seed=seed)
+        job = {**asdict(row), **subsets, "settings": settings.as_dict(), "dataset": dataset, "budget": budget}
+        outcome = run_in_process("d2lcnn.compare:measure", job)
         for key, value in (outcome.result or {"error": outcome.error}).items():
             setattr(row, key, value)
         result.rows.append(row)
         if row.error:
             say(f"    failed: {row.error}")
         else:
-            say(f"    {row.steps:,} steps ({row.epochs:.3g} epochs) in {row.train_seconds:.1f} s of "
-                f"{budget:g} s, test accuracy {row.test_acc:.1%}")  # fmt: skip
+            steps = f"{row.steps:,} steps ({row.epochs:.3g} epochs)"
+            done = f"{steps} in {row.train_seconds:.1f} s of {budget:g} s"
+            say(f"    {done}, test accuracy {row.test_acc:.1%}")
         if on_row is not None:
             on_row(result)
     return result
 
 
 def _check_models(models: Sequence[str] | None) -> list[str]:
-    registered = list_models()
+    """The models asked for, each once (an unknown name fails in `_planned_row`)."""
     if models is None:
-        return [m for m in DEFAULT_MODELS if m in registered]
+        return [m for m in DEFAULT_MODELS if m in list_models()]
     chosen = list(dict.fromkeys(m.strip() for m in models if m.strip()))
     if not chosen:
         raise ConfigError(f"No models given; name some, e.g. --models {','.join(DEFAULT_MODELS[:3])}.")
-    for name in chosen:
-        if name not in registered:
-            raise unknown_name("model", name, registered)
     return chosen
 
 
 def _planned_row(name: str, recipe: Recipe) -> Row:
-    """The row of `name` before training: its settings, and its input side (the recipe's, else the
-    model's own). Builds the model on the meta device (no memory, no time): bad options fail here."""
+    """The row of `name` before it trains: its recipe, and its input side (the recipe's, else the
+    model's). Builds the model on the meta device (no memory, no time): bad options fail here."""
     with torch.device("meta"):
         model = create(name, **recipe.model_options)
     return Row(model=name, input_size=recipe.resize or model.input_size, options=dict(recipe.model_options),
@@ -314,14 +249,10 @@ def _planned_row(name: str, recipe: Recipe) -> Row:
 
 
 class WallClockSchedule:
-    """The learning-rate schedule of `settings` (one-cycle by default) laid over `seconds` of
-    wall-clock instead of a number of steps, and the batches that fit into those seconds.
-
-    After every step the learning rate is set for the share of the budget spent so far, so the
-    schedule ends when the budget does even if the pace changes on the way (another process
-    starts, the CPU throttles). A step is only started if, at the pace measured so far, it ends
-    less than half a step after the budget: training ends as near the budget as whole steps allow.
-    """
+    """The learning-rate schedule of `settings` (one-cycle by default) laid over `seconds` of wall
+    clock instead of a number of steps: after every step the rate is set for the share of the budget
+    spent, so the schedule ends with the budget even if the pace changes on the way (another process
+    starts, the CPU throttles). `batches(loader)` stops where the budget is nearest a whole step."""
 
     TICKS = 10_000  # the schedule's resolution: steps of `make_schedule` over the budget
 
@@ -343,7 +274,7 @@ class WallClockSchedule:
 
     @property
     def done(self) -> bool:
-        """Whether the next step would end further past the budget than half a step."""
+        """Whether the next step, at the pace so far, would end more than half a step past the budget."""
         return self.steps > 0 and self.elapsed() * (1 + 0.5 / self.steps) >= self.seconds
 
     def step(self) -> None:
@@ -362,13 +293,8 @@ class WallClockSchedule:
 
 
 def _train_for(model: nn.Module, loader: Any, settings: Settings, seconds: float) -> tuple[int, int, float]:
-    """Train `model` for about `seconds` of wall-clock (at least one step) with `settings`, over as
-    many passes of `loader` as fit; the steps, examples and seconds it took."""
-    if len(loader) == 0:
-        raise ConfigError(
-            f"The training set ({loader.num_examples} images) is smaller than one batch "
-            f"({loader.batch_size}): give a larger --train-per-class."
-        )
+    """Train `model` for about `seconds` (at least one step) over as many passes of `loader` as fit;
+    the steps, examples and seconds it took."""
     runtime = Runtime.for_model(model, settings.device, settings.precision, settings.channels_last)
     optimizer = make_optimizer(model, settings)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
@@ -391,13 +317,11 @@ def _train_for(model: nn.Module, loader: Any, settings: Settings, seconds: float
 def measure(spec: dict) -> dict:
     """What one model's process does (`compare` starts it through `d2lcnn.worker`): build the model,
     warm up, train it for the budget, evaluate it; its row's measurements."""
-    info = datasets.dataset_info(spec["dataset"])
     settings = Settings(**spec["settings"])
     size = spec["input_size"]
     data = datasets.load(
         spec["dataset"], batch_size=spec["batch_size"], train_per_class=spec["train_per_class"],
-        test_per_class=spec["test_per_class"], resize=None if size == info.image_size else size,
-        device=settings.device, seed=settings.seed,
+        test_per_class=spec["test_per_class"], resize=size, device=settings.device, seed=settings.seed,
     )  # fmt: skip
     on_cuda = torch.device(settings.device).type == "cuda"
     base_memory = None if on_cuda else memory_mb(peak=False)
