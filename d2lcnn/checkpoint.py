@@ -204,14 +204,9 @@ def _load_model_state(model: nn.Module, state: dict, path: Path, saved_name: str
     model.load_state_dict(state)
 
 
-def load_checkpoint(
-    path: str | Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any | None = None,
-    scaler: Any | None = None,
-) -> dict:
-    """Load a checkpoint into `model` (and the other objects given); return the whole checkpoint.
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer=None, scheduler=None, scaler=None) -> dict:
+    """Load a checkpoint into `model` (and the optimizer, scheduler, GradScaler given, whose
+    states it must hold); return the whole checkpoint.
 
     The returned dict has "history" (as plain dicts; `History.from_dict` rebuilds it) and "extra".
     """

@@ -1,15 +1,8 @@
 """Training: `train_epoch` (one pass over the data: the loop itself), `fit`, `evaluate`, `predict`.
 
-`train_epoch` is d2l's `train_ch6` inner loop with mixed precision: plain PyTorch, one optimizer
-step and one learning-rate step per batch. `fit` sets up (device, precision, optimizer, schedule),
-runs `train_epoch` once per epoch, evaluates, and tells its events (progress, live plot,
-checkpoints, divergence checks: `d2lcnn.events`). It never waits for the GPU inside an epoch: loss
-and accuracy are summed as device tensors and read once per epoch.
-
-Reproducibility: every epoch reseeds torch, numpy and `random` from (seed, epoch, rank), and the
-loaders shuffle from (their seed, epoch), so an epoch depends only on the weights, the optimizer
-state and the epoch number: a run resumed from a checkpoint repeats the uninterrupted run bit for
-bit on the CPU.
+`fit` sets up, runs `train_epoch` once per epoch, evaluates and tells its events (d2lcnn.events).
+Every epoch reseeds from (seed, epoch, rank) and the loaders shuffle from (their seed, epoch), so a
+run resumed from a checkpoint repeats the uninterrupted run bit for bit on the CPU.
 """
 
 from __future__ import annotations
