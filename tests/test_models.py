@@ -317,9 +317,13 @@ def test_wrong_channel_count_names_the_first_conv_and_the_fix():
     assert "sides from 28 to 31 px" in message
 
 
-def test_missing_batch_dimension_is_explained():
+@pytest.mark.parametrize("name", ["lenet", "lenet_bn", "resnet18"])
+def test_missing_batch_dimension_is_explained(name):
+    # batch norm fails on a 3-D input with a ValueError instead of torch's usual RuntimeError
+    model = create(name)
+    side = model.input_size
     with pytest.raises(InputShapeError, match=r"unsqueeze\(0\)"):
-        create("lenet")(torch.randn(1, 28, 28))
+        model(torch.randn(model.in_channels, side, side))
 
 
 def test_accepted_sizes():

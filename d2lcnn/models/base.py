@@ -72,7 +72,7 @@ class Classifier(nn.Module):
             )
         try:
             return super().__call__(x, *args, **kwargs)
-        except RuntimeError:
+        except (RuntimeError, ValueError):  # batch norm raises ValueError for a 3-D input
             # On meta tensors this is one of the shape replays below, whose caller reads the failure.
             if not torch.is_tensor(x) or x.is_meta:
                 raise
