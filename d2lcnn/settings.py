@@ -158,6 +158,28 @@ RECIPES: dict[str, Recipe] = {
     "googlenet": _recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=128, resize=96, note="as in d2l"),
     "lenet_bn": _recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=256, note="as in d2l"),
     "densenet": _recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=256, resize=96, note="as in d2l"),
+    # Wide, shallow networks for CIFAR-10 (after airbench94 and ResNet-9) with fit's one-cycle SGD; the
+    # recipe's own tools (whitening from data, weight averaging, translate TTA) are not in the package yet.
+    "fast_vgg": _recipe(
+        "cifar10",
+        epochs=10,
+        lr=0.2,
+        batch_size=512,
+        augment=True,
+        label_smoothing=0.2,
+        test_flip=True,
+        note="not in d2l: VGG with a modern recipe",
+    ),  # fmt: skip
+    "fast_resnet": _recipe(
+        "cifar10",
+        epochs=10,
+        lr=0.2,
+        batch_size=512,
+        augment=True,
+        label_smoothing=0.2,
+        test_flip=True,
+        note="not in d2l: ResNet-9",
+    ),  # fmt: skip
 }
 
 # For a model that has no recipe above: plain SGD on Fashion-MNIST.

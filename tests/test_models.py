@@ -41,6 +41,8 @@ DOCUMENTED = [
     ("lenet_bn", {"scratch": True}, (1, 28, 28)),
     ("densenet", {}, (1, 96, 96)),
     ("densenet", {"growth_rate": 8, "arch": (2, 3), "width": 0.5}, (1, 96, 96)),
+    ("fast_vgg", {}, (3, 32, 32)),
+    ("fast_resnet", {}, (3, 32, 32)),
 ]
 
 
@@ -216,7 +218,19 @@ def test_unknown_option_names_the_valid_options():
         create("resnet18", stem="cifa")
 
 
-WIDTH_MODELS = ["densenet", "googlenet", "nin", "resnet18", "resnet34", "vgg11", "vgg13", "vgg16", "vgg19"]
+WIDTH_MODELS = [
+    "densenet",
+    "fast_resnet",
+    "fast_vgg",
+    "googlenet",
+    "nin",
+    "resnet18",
+    "resnet34",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+]
 
 
 @pytest.mark.parametrize(
