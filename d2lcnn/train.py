@@ -41,18 +41,18 @@ def train_epoch(
     scaler: torch.amp.GradScaler,
     on_step: Callable[[torch.Tensor], Any] | None = None,
 ) -> torch.Tensor:
-    """One pass over `batches`: returns [summed loss, correct predictions, examples] on the device."""
+    """One pass over `batches`; returns [summed loss, correct, examples] on the device."""
     sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)
     for x, y in batches:
         x, y = runtime.inputs(x), y.to(runtime.device, non_blocking=True)
-        with runtime.autocast():  # bf16/fp16 where it is fast and safe, fp32 elsewhere
+        with runtime.autocast():  # bf16/fp16 where fast and safe, else fp32
             logits = model(x)
             loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()  # the scaler only scales for fp16 (its gradients can underflow)
+        scaler.scale(loss).backward()  # scales only for fp16, whose gradients underflow
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()  # the learning rate changes every step, not every epoch
+        scheduler.step()  # the learning rate changes every step
         sums[0] += loss.detach() * y.shape[0]
         sums[1] += (logits.detach().argmax(1) == y).sum()
         sums[2] += y.shape[0]
