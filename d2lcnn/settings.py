@@ -131,6 +131,12 @@ _RESNET_CIFAR = _recipe(
     model_options={"stem": "cifar"}, note="d2l: 96 px with the ImageNet stem",
 )  # fmt: skip
 
+# Wide, shallow networks for CIFAR-10 (after airbench94 and ResNet-9) with fit's one-cycle SGD; the
+# recipe's own tools (whitening from data, weight averaging, translate TTA) are not in the package yet.
+_FAST_CIFAR = _recipe(
+    "cifar10", epochs=10, lr=0.2, batch_size=512, augment=True, label_smoothing=0.2, test_flip=True
+)
+
 RECIPES: dict[str, Recipe] = {
     # The source's LeNet: Tanh + average pooling, SGD.
     "lenet": _recipe("mnist", epochs=10, lr=0.1, batch_size=128, weight_decay=0.0, note="as in d2l"),
@@ -158,28 +164,8 @@ RECIPES: dict[str, Recipe] = {
     "googlenet": _recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=128, resize=96, note="as in d2l"),
     "lenet_bn": _recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=256, note="as in d2l"),
     "densenet": _recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=256, resize=96, note="as in d2l"),
-    # Wide, shallow networks for CIFAR-10 (after airbench94 and ResNet-9) with fit's one-cycle SGD; the
-    # recipe's own tools (whitening from data, weight averaging, translate TTA) are not in the package yet.
-    "fast_vgg": _recipe(
-        "cifar10",
-        epochs=10,
-        lr=0.2,
-        batch_size=512,
-        augment=True,
-        label_smoothing=0.2,
-        test_flip=True,
-        note="not in d2l: VGG with a modern recipe",
-    ),  # fmt: skip
-    "fast_resnet": _recipe(
-        "cifar10",
-        epochs=10,
-        lr=0.2,
-        batch_size=512,
-        augment=True,
-        label_smoothing=0.2,
-        test_flip=True,
-        note="not in d2l: ResNet-9",
-    ),  # fmt: skip
+    "fast_vgg": _FAST_CIFAR.with_overrides(note="not in d2l: VGG with a modern recipe"),
+    "fast_resnet": _FAST_CIFAR.with_overrides(note="not in d2l: ResNet-9"),
 }
 
 # For a model that has no recipe above: plain SGD on Fashion-MNIST.
