@@ -303,7 +303,7 @@ def _train_data(args: argparse.Namespace, recipe: Recipe, input_size: int) -> tu
     if args.test_flip is None and not dataset_info(recipe.dataset).flip:  # another dataset than the recipe's
         recipe = recipe.with_overrides(test_flip=False)
     subsets = dict(train_per_class=args.train_per_class, test_per_class=args.test_per_class)
-    return datasets.load(recipe.dataset, resize=size, **subsets, **common), recipe
+    return datasets.load(recipe.dataset, resize=size, pad=recipe.pad, **subsets, **common), recipe
 
 
 def _options_for(data: Data, options: dict) -> dict:

@@ -363,6 +363,7 @@ def load(
     classes: Sequence[str | int] | None = None,
     resize: int | None = None,
     augment: bool = False,
+    pad: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     device: str | torch.device | None = None,
@@ -373,8 +374,9 @@ def load(
 
     `classes` keeps only those classes (names or indices), relabelled 0..k-1 in the order given;
     `*_per_class` keep a seeded class-balanced subset; `resize` scales images on the device;
-    `augment` adds random crops (and flips where they make sense) to the training batches;
-    `mean`/`std` replace the dataset's own normalisation (e.g. IMAGENET_MEAN, IMAGENET_STD).
+    `augment` adds random crops (and flips where they make sense) to the training batches: shifts
+    of up to `pad` pixels (default: the dataset's, 4 for CIFAR-10); `mean`/`std` replace the
+    dataset's own normalisation (e.g. IMAGENET_MEAN, IMAGENET_STD).
     """
     info = dataset_info(name)
     arrays = load_arrays(name, root, download)
@@ -383,7 +385,8 @@ def load(
     mean = info.mean if mean is None else tuple(mean)
     std = info.std if std is None else tuple(std)
     options = dict(mean=mean, std=std, resize=resize, seed=seed, device=pick_device(device))  # picked once
-    augmentation = dict(augment=augment, flip=info.flip, pad=info.pad, pad_mode=info.pad_mode)
+    pad = info.pad if pad is None else pad
+    augmentation = dict(augment=augment, flip=info.flip, pad=pad, pad_mode=info.pad_mode)
     train = _split_loader(arrays.train_images, arrays.train_labels, class_ids, train_per_class,
                           batch_size=batch_size, train=True, **augmentation, **options)  # fmt: skip
     test = _split_loader(arrays.test_images, arrays.test_labels, class_ids, test_per_class,

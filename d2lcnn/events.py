@@ -214,3 +214,41 @@ class StopOnDivergence:
         return TrainingDivergedError(
             f"Training diverged: {what}. Lower the learning rate (now {lr:g}), e.g. lr={lr / 10:g}.{kept}"
         )
+
+
+class Lookahead:
+    """Weight averaging (airbench94's "lookahead"): every `every` steps, an average of the model's
+    weights and batch norm statistics moves toward the model, and the model is set to the average.
+
+    The average's memory grows as training ends, decay = base**every x (step / total)**power: early
+    on it just follows the model; in the last steps it smooths over the noise of SGD. At the last
+    step the model becomes the average. The average is not in checkpoints: a resumed run starts it
+    again from the model (Zhang et al. 2019, "Lookahead optimizer: k steps forward, 1 step back").
+    """
+
+    def __init__(self, every: int = 5, base: float = 0.95, power: float = 3.0) -> None:
+        if not (every >= 1 and 0 <= base <= 1 and power >= 0):
+            raise ConfigError(
+                f"Lookahead needs every >= 1, 0 <= base <= 1 and power >= 0; got every={every}, "
+                f"base={base}, power={power}."
+            )
+        self.every, self.base, self.power = every, base, power
+
+    @staticmethod
+    def _tensors(model: nn.Module) -> list[torch.Tensor]:
+        return [t for t in model.state_dict().values() if t.is_floating_point()]
+
+    def on_start(self, run: Run) -> None:
+        self.step = run.global_step
+        self.average = [t.detach().clone() for t in self._tensors(run.model)]
+
+    @torch.no_grad()
+    def on_step(self, run: Run, sums: torch.Tensor) -> None:
+        self.step += 1
+        last = self.step >= run.total_steps
+        if self.step % self.every and not last:
+            return
+        decay = 1.0 if last else self.base**self.every * (self.step / run.total_steps) ** self.power
+        for average, current in zip(self.average, self._tensors(run.model)):
+            average.lerp_(current, 1 - decay)
+            current.copy_(average)
