@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from d2lcnn.checkpoint import EpochStats, History
 from d2lcnn.errors import ConfigError, unknown_name
-from d2lcnn.events import Checkpoint, LiveCurves, Progress, Run, StopOnDivergence, notify
+from d2lcnn.events import Checkpoint, LiveCurves, Lookahead, Progress, Run, StopOnDivergence, notify
 from d2lcnn.runtime import (
     Runtime,
     derived_seed,
@@ -29,6 +30,7 @@ from d2lcnn.runtime import (
     seed_everything,
 )
 from d2lcnn.settings import Settings
+from d2lcnn.whitening import whiten_first_conv
 
 
 def train_epoch(
@@ -100,6 +102,8 @@ def fit(
     total_steps = min(settings.epochs * steps_per_epoch, settings.max_steps or math.inf)
 
     seed_everything(settings.seed)
+    if settings.whiten:  # before the optimizer is made: the whitened weights are not trained
+        whiten_first_conv(model, train_loader, to_input=runtime.inputs)
     if settings.compile:
         model.compile()  # in place: d2lcnn models keep their own __call__ that explains bad inputs
     optimizer = make_optimizer(model, settings)
@@ -113,6 +117,7 @@ def fit(
     # Divergence first: a diverged epoch must be neither printed as a result nor saved.
     every = [StopOnDivergence(check_every=1 if device.type == "cpu" and group.world == 1 else 50)]
     every += [saver] if saver is not None else []  # before progress: it may resume the run
+    every += [Lookahead()] if settings.lookahead else []
     every += [Progress(log)] if progress and log is not None and group.main else []
     every += [LiveCurves()] if live_plot and group.main else []
     return _train_epochs(run, runtime, train_loader, test_loader, settings, [*every, *events])
@@ -163,7 +168,8 @@ def _epoch_stats(
     )
     if test_loader is not None and due:
         run.group.broadcast(run.model.buffers())  # batch norm statistics differ across ranks: use rank 0's
-        test_sums = run.group.all_reduce(_eval_sums(run.model, test_loader, runtime, settings.test_flip))
+        test_sums = _eval_sums(run.model, test_loader, runtime, settings.test_flip, settings.test_shift)
+        test_sums = run.group.all_reduce(test_sums)
         test_loss_sum, test_correct, test_count = test_sums.tolist()
         if test_count:
             test_loss, test_acc = test_loss_sum / test_count, test_correct / test_count
@@ -230,12 +236,16 @@ def _config(model, data, settings, runtime, group, train_loader, steps_per_epoch
     }
 
 
+def _is_batch_norm(module: nn.Module) -> bool:
+    """A layer with running statistics: torch's batch norms, and d2lcnn's from-scratch BatchNorm."""
+    return isinstance(module.__dict__.get("_buffers", {}).get("running_mean"), torch.Tensor)
+
+
 def keep_frozen_norms_in_eval(model: nn.Module) -> None:
     """Batch norm layers whose parameters are frozen keep their running statistics (eval mode):
-    a frozen backbone must not change at all. Any layer with running statistics counts, d2lcnn's
-    from-scratch BatchNorm as well as torch's."""
+    a frozen backbone must not change at all."""
     for module in model.modules():
-        if isinstance(module.__dict__.get("_buffers", {}).get("running_mean"), torch.Tensor):
+        if _is_batch_norm(module):
             params = list(module.parameters())
             if params and not any(p.requires_grad for p in params):
                 module.eval()
@@ -243,18 +253,22 @@ def keep_frozen_norms_in_eval(model: nn.Module) -> None:
 
 def make_optimizer(model: nn.Module, settings: Settings) -> torch.optim.Optimizer:
     """SGD (Nesterov momentum) or AdamW over the trainable parameters, with `settings.lr_scale`
-    multipliers by module name. Weight decay shrinks conv and linear weights only: decaying biases
-    and batch norm scales (tensors with < 2 dims) only hurts (as in nanoGPT and most ImageNet recipes)."""
+    multipliers by module name, times `settings.norm_lr_scale` for batch norm layers. Weight decay
+    shrinks conv and linear weights only: decaying biases and batch norm scales (tensors with < 2
+    dims) only hurts (as in nanoGPT and most ImageNet recipes)."""
     names = {n for n, _ in model.named_modules() if n}
     for prefix in settings.lr_scale:
         if prefix not in names:
             raise unknown_name("module", prefix, [n for n in names if "." not in n])
+    norms = {n for n, m in model.named_modules() if _is_batch_norm(m)}
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for param_name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         owners = [k for k in settings.lr_scale if param_name.startswith(k + ".")]
         scale = settings.lr_scale[max(owners, key=len)] if owners else 1.0  # the most specific prefix wins
+        if param_name.rpartition(".")[0] in norms:
+            scale *= settings.norm_lr_scale
         decay = settings.weight_decay if p.dim() >= 2 else 0.0
         groups.setdefault((scale, decay), []).append(p)
     if not groups:
@@ -263,11 +277,15 @@ def make_optimizer(model: nn.Module, settings: Settings) -> torch.optim.Optimize
     param_groups = [
         {"params": ps, "lr": lr * scale, "weight_decay": decay} for (scale, decay), ps in groups.items()
     ]
+    # One fused kernel updates every tensor at once: a tenth of the for-loop's time on a CPU (fast_vgg:
+    # 0.56 ms against 4.9 ms a step); torch has it for CPUs and CUDA.
+    fused = all(p.device.type in ("cpu", "cuda") for group in param_groups for p in group["params"]) or None
     if settings.optimizer == "sgd":
         nesterov = settings.nesterov and settings.momentum > 0
-        return torch.optim.SGD(param_groups, lr=lr, momentum=settings.momentum, nesterov=nesterov)
-    on_cuda = param_groups[0]["params"][0].device.type == "cuda"
-    return torch.optim.AdamW(param_groups, lr=lr, fused=on_cuda or None)
+        return torch.optim.SGD(
+            param_groups, lr=lr, momentum=settings.momentum, nesterov=nesterov, fused=fused
+        )
+    return torch.optim.AdamW(param_groups, lr=lr, fused=fused)
 
 
 def make_schedule(
@@ -277,7 +295,8 @@ def make_schedule(
 
     "onecycle" has the shape of torch's OneCycleLR (cosine up from lr/25 to lr over the warmup, then
     cosine down to lr/250,000) but works for any number of steps, even one, and keeps momentum fixed.
-    "cosine": linear warmup, then cosine down to 0. "constant": lr throughout.
+    "cosine": linear warmup, then cosine down to 0. "triangle" (airbench's): linear from lr/5 up to lr
+    over the warmup, then linear down to 0.07 lr at the end. "constant": lr throughout.
     """
     warmup_steps = int(settings.warmup * total_steps)
 
@@ -294,25 +313,57 @@ def make_schedule(
     def cosine(step: int) -> float:
         return (step + 1) / warmup_steps if step < warmup_steps else down(step)
 
-    factors = {"onecycle": one_cycle, "cosine": cosine, "constant": lambda step: 1.0}
+    def triangle(step: int) -> float:
+        start, end = 0.2, 0.07
+        if step < warmup_steps:
+            return start + (1 - start) * step / warmup_steps
+        return 1 + (end - 1) * min(1.0, (step - warmup_steps) / max(1, total_steps - 1 - warmup_steps))
+
+    factors = {"onecycle": one_cycle, "cosine": cosine, "triangle": triangle, "constant": lambda step: 1.0}
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors[settings.schedule])
 
 
 # ----------------------------------------------------------------------------- evaluate, predict
 
 
-def _eval_sums(model: nn.Module, loader: Iterable, runtime: Runtime, test_flip: bool = False) -> torch.Tensor:
-    """[summed loss, correct, examples] over `loader`, on the device, without waiting for it.
-    `test_flip` averages the logits of each image and its mirror image."""
+def tta_logits(model: nn.Module, x: torch.Tensor, flip: bool = False, shift: int = 0) -> torch.Tensor:
+    """The model's float logits for `x`, averaged over views of it (test-time augmentation).
+
+    `flip`: the mean over each image and its mirror image. `shift`: then half of that, plus a quarter
+    each of the same for the images shifted by `shift` pixels up-left and down-right (edges
+    reflected), as airbench94 weights them.
+    """
+
+    def views(images: torch.Tensor) -> torch.Tensor:
+        logits = model(images).float()
+        return (logits + model(images.flip(-1)).float()) / 2 if flip else logits
+
+    logits = views(x)
+    if shift:
+        height, width = x.shape[-2:]
+        if shift >= min(height, width):
+            raise ConfigError(f"test_shift={shift} does not fit {height}x{width} images: use 1 or 2.")
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else None
+        padded = F.pad(x, (shift,) * 4, mode="reflect")
+        for shifted in (padded[..., :height, :width], padded[..., 2 * shift :, 2 * shift :]):
+            shifted = shifted.contiguous(memory_format=layout or torch.contiguous_format)
+            logits = logits + views(shifted) / 2
+        logits = logits / 2
+    return logits
+
+
+def _eval_sums(
+    model: nn.Module, loader: Iterable, runtime: Runtime, test_flip: bool = False, test_shift: int = 0
+) -> torch.Tensor:
+    """[summed loss, correct, examples] over `loader`, on the device, without waiting for it,
+    with `tta_logits`'s views."""
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)
     with evaluating(model):
         for x, y in _first_batches(loader, None):
             x, y = runtime.inputs(x), y.to(runtime.device, non_blocking=True)
             with runtime.autocast():
-                logits = model(x).float()
-                if test_flip:
-                    logits = (logits + model(x.flip(-1)).float()) / 2
+                logits = tta_logits(model, x, test_flip, test_shift)
             sums[0] += loss_fn(logits, y)
             sums[1] += (logits.argmax(1) == y).sum()
             sums[2] += y.shape[0]
@@ -327,15 +378,17 @@ def evaluate(
     precision: str = "auto",
     channels_last: bool | None = None,
     test_flip: bool = False,
+    test_shift: int = 0,
 ) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy (a fraction) of `model` over `loader`.
 
     Runs in eval mode without autograd and restores the model's mode. The model is moved to `device`
     (default: where it already is). `test_flip`: test-time augmentation, averaging the logits of each
-    image and its left-right mirror image (for classes a flip keeps, like CIFAR-10's; not for digits).
+    image and its left-right mirror image (for classes a flip keeps, like CIFAR-10's; not for digits);
+    `test_shift`: also on shifted copies (see `tta_logits`).
     """
     runtime = Runtime.for_model(model, device, precision, channels_last)
-    loss_sum, correct, count = _eval_sums(model, loader, runtime, test_flip).tolist()
+    loss_sum, correct, count = _eval_sums(model, loader, runtime, test_flip, test_shift).tolist()
     if count == 0:
         raise ConfigError("evaluate got a loader that yielded no batches.")
     return loss_sum / count, correct / count
