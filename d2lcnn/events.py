@@ -186,8 +186,12 @@ class StopOnDivergence:
         self.check_every = check_every
         self.chance_factor = chance_factor
 
+    def on_start(self, run: Run) -> None:
+        self.steps = 0  # run.global_step counts whole epochs: it stays put during one
+
     def on_step(self, run: Run, sums: torch.Tensor) -> None:
-        if (run.global_step + 1) % self.check_every == 0:
+        self.steps += 1
+        if self.steps % self.check_every == 0:
             loss_sum = run.group.all_reduce(sums[0].clone()).item()
             if not math.isfinite(loss_sum):
                 raise self._error(run, f"the loss became {loss_sum} during epoch {run.epoch + 1}")

@@ -846,3 +846,19 @@ def test_a_frozen_backbone_keeps_its_batch_norm_statistics(norm):
     after = backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "running stats must not move"
     assert not torch.equal(model[2].weight, head_before), "the head still trains"
+
+
+def test_divergence_is_checked_every_few_steps_within_an_epoch():
+    """On a GPU the loss is read every `check_every` steps: counted in steps, not in epochs (the
+    run's global_step moves only between epochs)."""
+    from d2lcnn.events import Run, StopOnDivergence
+
+    run = Run(small_cnn(), None, None, None, config={"lr": 0.1}, epochs=1, steps_per_epoch=10,
+              num_classes=4, total_steps=10)  # fmt: skip
+    event = StopOnDivergence(check_every=3)
+    event.on_start(run)
+    nan = torch.tensor([float("nan"), 0.0, 1.0], dtype=torch.float64)
+    event.on_step(run, nan)
+    event.on_step(run, nan)  # not read yet: no wait for the GPU
+    with pytest.raises(TrainingDivergedError, match="the loss became nan during epoch 1"):
+        event.on_step(run, nan)
