@@ -9,10 +9,11 @@ FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt bench/requirements.txt bench/requirements-d2l.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r bench/requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r bench/requirements-d2l.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
@@ -43,7 +44,8 @@ test: setup data lint
 notebooks: setup
 	$(PY) scripts/execute_notebooks.py
 
-# Speed: d2l-style baseline against d2lcnn.fit, side by side (full mode wants a quiet machine).
+# Speed: the d2l package's train_ch6 against d2lcnn.fit, side by side, and the fast CIFAR-10 recipes
+# (full mode: about 45 minutes on a quiet machine).
 bench: setup
 	$(PY) bench/speed.py
 

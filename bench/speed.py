@@ -37,16 +37,25 @@ if TYPE_CHECKING:  # torch is imported where it is used, so errors in the argume
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path("bench/results/speed.md")
-MODELS = ("lenet", "alexnet", "resnet18")
+COMPARED = ("lenet", "alexnet", "resnet18")  # each trained by d2l's train_ch6 and by fit
+FAST = ("fast_vgg", "fast_resnet")  # each trained by its CLI recipe on CIFAR-10
+MODELS = COMPARED + FAST
 SIDES = ("baseline", "d2lcnn")
 COLUMNS = (
     "Model", "Side", "Run", "Examples/s", "d2lcnn / baseline", "Time to acc", "Final acc",
     "Peak RSS (MB)", "GFLOP/s", "% of bf16 peak",
 )  # fmt: skip
 D2L_WORKERS = 4  # d2l's get_dataloader_workers(), whatever the number of cores
-CLI_RECIPE = ["train", "--model", "lenet_modern", "--dataset", "fashion_mnist"]
 LENET_TARGET_ACC, LENET_TARGET_SECONDS = 0.90, 75.0
 SPEEDUP_TARGET, PEAK_SHARE_TARGET = 3.0, 0.40
+# The CLI recipes timed as a user runs them: the command, and its targets as (accuracy, seconds of the
+# whole command) pairs, the first the aim and the others the least it should reach.
+CLI_RECIPES = {
+    "lenet": ["train", "--model", "lenet_modern", "--dataset", "fashion_mnist"],
+    "fast_vgg": ["train", "--model", "fast_vgg", "--dataset", "cifar10"],
+    "fast_resnet": ["train", "--model", "fast_resnet", "--dataset", "cifar10"],
+}
+FAST_TARGETS = {"fast_vgg": [(0.94, 900.0), (0.93, 900.0)], "fast_resnet": [(0.91, 600.0), (0.90, 300.0)]}
 
 
 @dataclass(frozen=True)
@@ -87,13 +96,14 @@ FULL = {
         "ResNet-18", "cifar10", None, 256, 0.05, 0.1, epochs=1, steps=30, test_per_class=200
     ),
 }
+# d2l's train_ch6 needs 5 batches or more an epoch (it plots every len(train_iter) // 5 batches).
 QUICK = {
-    "lenet": replace(FULL["lenet"], batch_size=32, epochs=2, train_per_class=10, test_per_class=5),
-    "alexnet": replace(FULL["alexnet"], batch_size=8, steps=2, train_per_class=2, test_per_class=1),
-    "resnet18": replace(FULL["resnet18"], batch_size=16, steps=2, train_per_class=4,
-                        test_per_class=2),
+    "lenet": replace(FULL["lenet"], batch_size=32, epochs=2, train_per_class=16, test_per_class=5),
+    "alexnet": replace(FULL["alexnet"], batch_size=8, steps=5, train_per_class=4, test_per_class=1),
+    "resnet18": replace(FULL["resnet18"], batch_size=16, steps=5, train_per_class=8,
+                        test_per_class=2, d2lcnn_lr=0.01),
 }  # fmt: skip
-QUICK_CLI = ["--epochs", "2", "--train-per-class", "20", "--test-per-class", "5"]
+QUICK_CLI = ["--epochs", "2", "--train-per-class", "20", "--test-per-class", "5", "--batch-size", "64"]
 
 
 def workloads(quick: bool) -> dict[str, Workload]:
@@ -104,88 +114,65 @@ def workloads(quick: bool) -> dict[str, Workload]:
 # ----------------------------------------------------------------------------- the d2l baseline
 
 
-class Accumulator:
-    """d2l's Accumulator: sums over n variables; `float()` on each value is a host sync."""
+class CountedBatches:
+    """A loader's first `max_steps` batches (all if None), counting the examples they hold; its len()
+    is what train_ch6 reads to place the points of its plot."""
 
-    def __init__(self, n: int) -> None:
-        self.data = [0.0] * n
+    def __init__(self, loader, max_steps: int | None) -> None:
+        self.loader, self.max_steps, self.examples = loader, max_steps, 0
 
-    def add(self, *args: float | torch.Tensor) -> None:
-        self.data = [a + float(b) for a, b in zip(self.data, args)]
+    def __len__(self) -> int:
+        return min(len(self.loader), self.max_steps or len(self.loader))
 
-    def __getitem__(self, i: int) -> float:
-        return self.data[i]
-
-
-def d2l_accuracy(y_hat: torch.Tensor, y: torch.Tensor) -> float:
-    """d2l's accuracy: the number of correct predictions, as a Python float."""
-    cmp = y_hat.argmax(axis=1).type(y.dtype) == y
-    return float(cmp.type(y.dtype).sum())
-
-
-def d2l_evaluate_accuracy_gpu(net: nn.Module, data_iter: DataLoader, device: torch.device) -> float:
-    """d2l's evaluate_accuracy_gpu."""
-    import torch
-
-    net.eval()
-    metric = Accumulator(2)
-    with torch.no_grad():
-        for X, y in data_iter:
-            X, y = X.to(device), y.to(device)
-            metric.add(d2l_accuracy(net(X), y), y.numel())
-    return metric[0] / metric[1]
+    def __iter__(self):
+        for _, (x, y) in zip(range(len(self)), self.loader):
+            self.examples += len(y)
+            yield x, y
 
 
 def d2l_train_ch6(
-    net: nn.Module,
-    train_iter: DataLoader,
-    test_iter: DataLoader,
-    num_epochs: int,
-    lr: float,
-    device: torch.device,
+    net: nn.Module, train_iter: DataLoader, test_iter: DataLoader, num_epochs: int, lr: float,
     max_steps: int | None = None,
-) -> dict:
-    """d2l's train_ch6 without its live plot, timed; stops after `max_steps` steps if given.
+) -> dict:  # fmt: skip
+    """The d2l 1.0.3 package's own `train_ch6` (its Xavier init, SGD, loop, live plot and
+    `evaluate_accuracy_gpu`), on the CPU, timed from outside; `max_steps` cuts its one epoch short.
 
-    Returns the examples and seconds of training (data loading included) and, per epoch, the
-    cumulative wall-clock seconds (evaluation included) and the test accuracy.
+    Returns the examples and seconds of training (data loading included, evaluation excluded) and,
+    per epoch, the cumulative wall-clock seconds (evaluation included) and the test accuracy.
     """
+    import io
+
     import torch
-    from torch import nn
 
-    from d2lcnn.show import init_weights
+    try:
+        from d2l import torch as d2l
+    except ImportError:
+        raise ConfigError(
+            "The baseline is the d2l package itself: `pip install -r bench/requirements.txt` "
+            "(`make setup` does it)."
+        ) from None
+    evaluations: list[tuple[float, float, float]] = []  # (end, seconds, accuracy) of each one
+    evaluate = d2l.evaluate_accuracy_gpu
 
-    init_weights(net)  # d2l's init_weights: Xavier-uniform weights for linear and conv layers
-    net.to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
-    loss = nn.CrossEntropyLoss()
-    steps, examples, train_seconds, elapsed, curve = 0, 0, 0.0, 0.0, []
-    for _ in range(num_epochs):
+    def timed_evaluate(net, data_iter, device=None) -> float:
         start = time.perf_counter()
-        metric = Accumulator(3)
-        net.train()
-        for X, y in train_iter:
-            optimizer.zero_grad()
-            X, y = X.to(device), y.to(device)
-            y_hat = net(X)
-            l = loss(y_hat, y)  # noqa: E741  (d2l's name)
-            l.backward()
-            optimizer.step()
-            with torch.no_grad():
-                metric.add(l * X.shape[0], d2l_accuracy(y_hat, y), X.shape[0])
-            steps += 1
-            if steps == max_steps:
-                break
-        if not math.isfinite(metric[0]):
-            raise ConfigError(f"The baseline's loss became {metric[0]} at lr {lr}: lower it.")
-        examples += int(metric[2])
-        train_seconds += time.perf_counter() - start
-        test_acc = d2l_evaluate_accuracy_gpu(net, test_iter, device)
-        elapsed += time.perf_counter() - start
-        curve.append((elapsed, test_acc))
-        if steps == max_steps:
-            break
-    return {"steps": steps, "examples": examples, "train_seconds": train_seconds, "curve": curve}
+        acc = evaluate(net, data_iter, device)
+        evaluations.append((time.perf_counter(), time.perf_counter() - start, acc))
+        return acc
+
+    batches = CountedBatches(train_iter, max_steps)
+    d2l.evaluate_accuracy_gpu = timed_evaluate  # train_ch6 looks it up in its module at each call
+    start = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # its plot's and summary's prints
+            d2l.train_ch6(net, batches, test_iter, num_epochs, lr, torch.device("cpu"))
+    finally:
+        d2l.evaluate_accuracy_gpu = evaluate
+    total = time.perf_counter() - start
+    curve = [(end - start, acc) for end, _, acc in evaluations]
+    train_seconds = total - sum(seconds for _, seconds, _ in evaluations)
+    return {"steps": len(batches) * num_epochs, "examples": batches.examples, "train_seconds": train_seconds,
+            "curve": curve}  # fmt: skip
 
 
 class PILArrays:
@@ -242,48 +229,46 @@ def d2l_datasets(work: Workload) -> tuple[Dataset, Dataset]:
 
 
 def build_model(name: str) -> nn.Module:
-    """The architecture both sides train: d2l's LeNet and AlexNet, ResNet-18 with the CIFAR stem.
-
-    Seeded, so both sides build the same weights, and both then draw d2l's Xavier init from the
-    same random state: the two sides start from identical weights.
+    """The architecture both sides train, built from a fixed seed: the d2l package's `LeNet` and
+    `resnet18` (CIFAR stem), and d2lcnn's `alexnet` (d2l's chapter defines AlexNet in the notebook,
+    not in the package). Both sides then draw d2l's Xavier init from the same random state.
     """
     import torch
-    from torch import nn
 
-    from d2lcnn.models import LeNet, create
+    from d2lcnn.models import create
 
     torch.manual_seed(0)
-    if name == "lenet":
-        model = LeNet(activation=nn.Sigmoid)  # average pooling is LeNet's default
-        model.name = "lenet (d2l: sigmoid)"
-        return model
     if name == "alexnet":
         return create("alexnet", in_channels=1)
-    return create("resnet18", stem="cifar")
+    from d2l import torch as d2l
+
+    model, shape = (d2l.LeNet(), (1, 1, 28, 28)) if name == "lenet" else (d2l.resnet18(10, 3), (1, 3, 32, 32))
+    with torch.no_grad():
+        model.eval()(torch.zeros(shape))  # sizes d2l's lazy layers
+    model.name = f"d2l.{type(model).__name__ if name == 'lenet' else 'resnet18'}"
+    return model.train()
 
 
 def traced(name: str, work: Workload):
     """The shape and FLOPs trace (`d2lcnn.trace`) of `name` on the workload's images."""
+    from d2lcnn.data import dataset_info
     from d2lcnn.trace import trace
 
-    model = build_model(name)
-    return trace(model, (model.in_channels, work.side, work.side))
+    return trace(build_model(name), (dataset_info(work.dataset).channels, work.side, work.side))
 
 
 def run_baseline(name: str, work: Workload) -> dict:
     """Train `name` with the d2l loop and data pipeline; what it measured."""
-    import torch
     from torch.utils.data import DataLoader
 
     train, test = d2l_datasets(work)
     train_iter = DataLoader(train, work.batch_size, shuffle=True, num_workers=D2L_WORKERS)
     test_iter = DataLoader(test, work.batch_size, shuffle=False, num_workers=D2L_WORKERS)
     epochs = work.epochs_for(len(train_iter))
-    net, device = build_model(name), torch.device("cpu")
-    result = d2l_train_ch6(net, train_iter, test_iter, epochs, work.baseline_lr, device, max_steps=work.steps)
+    result = d2l_train_ch6(build_model(name), train_iter, test_iter, epochs, work.baseline_lr, work.steps)
     length = f"{work.epochs} epochs" if work.steps is None else f"{result['steps']} steps"
     result["run"] = (
-        f"d2l train_ch6: fp32, SGD lr {work.baseline_lr:g}; DataLoader "
+        f"d2l 1.0.3 train_ch6: fp32, SGD lr {work.baseline_lr:g}; DataLoader "
         f"({D2L_WORKERS} workers, PIL {'Resize, ' if work.resize else ''}ToTensor); "
         f"{length} of {work.batch_size}"
     )
@@ -338,7 +323,9 @@ def run_d2lcnn(name: str, work: Workload) -> dict:
 
 
 # Warm-up steps (oneDNN builds its kernels then) and profiled steps of the d2lcnn side.
-PROFILE_STEPS = {"lenet": (5, 20), "alexnet": (2, 4), "resnet18": (2, 5)}
+PROFILE_STEPS = {
+    "lenet": (5, 20), "alexnet": (2, 4), "resnet18": (2, 5), "fast_vgg": (3, 6), "fast_resnet": (3, 6),
+}  # fmt: skip
 QUICK_PROFILE_STEPS = (1, 2)
 CATEGORIES = (
     "conv forward", "conv backward", "matmul", "batch norm", "pooling", "activations",
@@ -354,10 +341,11 @@ _OPS = {
                    "aten::batch_norm_backward", "aten::_batch_norm_impl_index"),
     "pooling": ("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward",
                 "aten::avg_pool2d", "aten::avg_pool2d_backward", "aten::_adaptive_avg_pool2d",
-                "aten::_adaptive_avg_pool2d_backward", "aten::adaptive_avg_pool2d", "aten::mean"),
+                "aten::_adaptive_avg_pool2d_backward", "aten::adaptive_avg_pool2d", "aten::mean",
+                "aten::adaptive_max_pool2d", "aten::adaptive_max_pool2d_backward"),
     "activations": ("aten::relu", "aten::relu_", "aten::clamp_min", "aten::clamp_min_",
                     "aten::threshold_backward", "aten::sigmoid", "aten::sigmoid_backward",
-                    "aten::tanh", "aten::tanh_backward"),
+                    "aten::tanh", "aten::tanh_backward", "aten::gelu", "aten::gelu_backward"),
     "casts and copies": ("aten::copy_", "aten::_to_copy", "aten::to", "aten::contiguous",
                          "aten::clone"),
     "loss": ("aten::_log_softmax", "aten::_log_softmax_backward_data", "aten::nll_loss_forward",
@@ -405,9 +393,34 @@ def event_category(event) -> str:
     return _CATEGORY_OF.get(event.name, "other ops")
 
 
-def run_profile(name: str, work: Workload, quick: bool) -> dict:
-    """Where the d2lcnn side's training step spends its time: torch.profiler self CPU time of a few
-    steps of `fit` (after warm-up steps), by kind of work, and the convolutions' own GFLOP/s."""
+def profiled_run(name: str, quick: bool):
+    """The model, data, fit settings and forward conv FLOPs per example that `run_profile` times:
+    the d2lcnn side of a compared model, or a fast network with its recipe's settings."""
+    from d2lcnn.data import load
+    from d2lcnn.models import create
+    from d2lcnn.settings import Settings, recipe_for
+    from d2lcnn.trace import trace
+
+    if name in FAST:
+        recipe = recipe_for(name)
+        batch = 64 if quick else recipe.batch_size
+        data = load(recipe.dataset, batch_size=batch, augment=True, pad=recipe.pad, seed=0,
+                    train_per_class=64 if quick else None, test_per_class=1)  # fmt: skip
+        settings = recipe.settings.replace(whiten=False)  # the whitened stem is as fast as any
+        model = create(name)
+        rows = trace(model, (3, 32, 32)).rows
+    else:
+        work = workloads(quick)[name]
+        model, data = d2lcnn_side(name, work)
+        settings = Settings(lr=work.d2lcnn_lr)  # fit's defaults, as the d2lcnn side trains
+        rows, batch = traced(name, work).rows, work.batch_size
+    conv_flops = sum(row.flops for row in rows if row.kind == "Conv2d")  # forward, one example
+    return model, data, settings, batch, conv_flops
+
+
+def run_profile(name: str, quick: bool) -> dict:
+    """Where a training step of `fit` spends its time: torch.profiler self CPU time of a few steps
+    (after warm-up steps), by kind of work, and the convolutions' own GFLOP/s."""
     from types import SimpleNamespace
 
     from torch.profiler import ProfilerActivity, profile, schedule
@@ -415,9 +428,7 @@ def run_profile(name: str, work: Workload, quick: bool) -> dict:
     from d2lcnn.train import fit
 
     warmup, active = QUICK_PROFILE_STEPS if quick else PROFILE_STEPS[name]
-    model, data = d2lcnn_side(name, work)
-    rows = traced(name, work).rows
-    conv_flops = sum(row.flops for row in rows if row.kind == "Conv2d")  # forward, one example
+    model, data, settings, batch_size, conv_flops = profiled_run(name, quick)
     seconds = dict.fromkeys(CATEGORIES, 0.0)
     wall = [0.0]
 
@@ -432,44 +443,60 @@ def run_profile(name: str, work: Workload, quick: bool) -> dict:
     when = schedule(wait=0, warmup=warmup, active=active, repeat=1)
     with profile(activities=[ProfilerActivity.CPU], schedule=when, on_trace_ready=tally) as prof:
         batches = _labelled_batches(data.train, "d2lcnn: next batch", prof.step)
-        fit(model, SimpleNamespace(train=batches, name=work.dataset), epochs=epochs, lr=work.d2lcnn_lr,
+        fit(model, SimpleNamespace(train=batches, name=data.name), settings, epochs=epochs,
             max_steps=steps, progress=False, log=None)  # fmt: skip
     if not wall[0]:
         raise D2LCNNError(f"The profile of {name} recorded no complete step.")
-    examples = active * work.batch_size
+    examples = active * batch_size
     return {
-        "steps": active, "batch_size": work.batch_size, "wall_seconds": wall[0], "seconds": seconds,
+        "steps": active, "batch_size": batch_size, "wall_seconds": wall[0], "seconds": seconds,
         "conv_fwd_gflops": conv_flops * examples / max(seconds["conv forward"], 1e-9) / 1e9,
         "conv_bwd_gflops": 2 * conv_flops * examples / max(seconds["conv backward"], 1e-9) / 1e9,
     }  # fmt: skip
 
 
-def run_cli_recipe(quick: bool) -> dict:
-    """`python -m d2lcnn train --model lenet_modern --dataset fashion_mnist` as a user runs it.
+def run_cli_recipe(name: str, quick: bool) -> dict:
+    """The CLI recipe of `name` (CLI_RECIPES), e.g. `python -m d2lcnn train --model fast_vgg
+    --dataset cifar10`, as a user runs it; its history, wall-clock and training FLOPs per example.
 
     This process imports no torch: the command's peak memory (RUSAGE_CHILDREN) is its own, not
     inflated by the pages of a big parent it was forked from.
     """
+    command = CLI_RECIPES[name] + (QUICK_CLI if quick else [])
     with tempfile.TemporaryDirectory(prefix="d2lcnn-bench-") as tmp:
         out = Path(tmp) / "run"
-        args = [*CLI_RECIPE, *(QUICK_CLI if quick else []), "--quiet", "--no-plots"]
-        args += ["--out", str(out)]
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "d2lcnn", *args], cwd=tmp, capture_output=True, text=True
-        )
+            [sys.executable, "-m", "d2lcnn", *command, "--quiet", "--no-plots", "--out", str(out)],
+            cwd=tmp, capture_output=True, text=True,
+        )  # fmt: skip
         seconds = time.perf_counter() - start
         if done.returncode != 0:
-            raise ConfigError(f"`d2lcnn {' '.join(CLI_RECIPE)}` failed: {_tail(done.stderr)}")
-        epochs = json.loads((out / "history.json").read_text())["epochs"]
+            raise ConfigError(f"`d2lcnn {' '.join(command)}` failed: {_tail(done.stderr)}")
+        history = json.loads((out / "history.json").read_text())
+    epochs = history["epochs"]
     elapsed, curve = 0.0, []
     for epoch in epochs:
         elapsed += epoch["seconds"]
         curve.append((elapsed, epoch["test_acc"]))
     return {
-        "run": f"`python -m d2lcnn {' '.join(CLI_RECIPE + (QUICK_CLI if quick else []))}`",
-        "epochs": len(epochs), "curve": curve, "command_seconds": seconds,
+        "run": f"`python -m d2lcnn {' '.join(command)}`", "epochs": len(epochs), "curve": curve,
+        "command_seconds": seconds, "startup_seconds": seconds - elapsed,
+        "examples_per_s": sum(e["examples_per_s"] for e in epochs) / len(epochs),
+        "train_flops": 3 * _forward_flops(command), "config": history["config"],
     }  # fmt: skip
+
+
+def _forward_flops(command: list[str]) -> float:
+    """FLOPs of one forward pass of the command's model on one example of its dataset."""
+    from d2lcnn.data import dataset_info
+    from d2lcnn.models import create
+    from d2lcnn.trace import trace
+
+    model, dataset = command[command.index("--model") + 1], command[command.index("--dataset") + 1]
+    info = dataset_info(dataset)
+    shape = (info.channels, info.image_size, info.image_size)
+    return trace(create(model, in_channels=info.channels), shape).total_flops
 
 
 def measure_bf16_peak(quick: bool) -> dict:
@@ -498,10 +525,10 @@ def run_one(spec: dict) -> dict:
     if side == "peak":
         return measure_bf16_peak(quick)
     if side == "recipe":
-        return run_cli_recipe(quick)
-    work = workloads(quick)[name]
+        return run_cli_recipe(name, quick)
     if side == "profile":
-        return run_profile(name, work, quick)
+        return run_profile(name, quick)
+    work = workloads(quick)[name]
     result = run_baseline(name, work) if side == "baseline" else run_d2lcnn(name, work)
     return {**result, "fwd_flops": traced(name, work).total_flops}
 
@@ -596,8 +623,10 @@ def render(results: dict, peak: dict, meta: dict, quick: bool, names: list[str])
         f"- Command: `{meta['command']}`",
         "",
     ]
-    lines += render_speed(results, peak, quick, names)
+    compared = [name for name in names if name in COMPARED]
+    lines += render_speed(results, peak, quick, compared)
     lines += render_recipes(results)
+    lines += render_fast(results, peak, [name for name in names if name in FAST])
     lines += render_profiles(results, peak, quick, names)
     lines += render_targets(results, peak, quick, names)
     return "\n".join(lines) + "\n"
@@ -666,6 +695,38 @@ def render_recipes(results: dict) -> list[str]:
     ]  # fmt: skip
 
 
+def render_fast(results: dict, peak: dict, names: list[str]) -> list[str]:
+    """The fast CIFAR-10 recipes, each run as its CLI command."""
+    if not names:
+        return []
+    lines = [
+        "",
+        "Fast CIFAR-10 networks, each trained by its recipe as one command:",
+        "",
+        "| Model | Command | Epochs | Final acc (TTA) | Time to 90% | Whole command | Training examples/s "
+        "| GFLOP/s | % of bf16 peak | Peak RSS (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        r = results[name]["recipe"]
+        reached = time_to(r["curve"], 0.90)
+        reached = None if reached is None else reached + r["startup_seconds"]
+        gflops = r["examples_per_s"] * r["train_flops"] / 1e9
+        lines.append(
+            f"| {name} | {r['run']} | {r['epochs']} | {_pct(r['curve'][-1][1])} | {_secs(reached)} | "
+            f"{r['command_seconds']:.1f} s | {r['examples_per_s']:,.0f} | {gflops:,.0f} | "
+            f"{gflops / peak['gflops']:.1%} | {r['children_rss_mb']:,.0f} |"
+        )
+    return lines + [
+        "",
+        "Final acc: the test accuracy after the last epoch, with the recipe's test-time views (each "
+        "image, its mirror image and both shifted by a pixel). Time to 90%: the whole command's "
+        "wall-clock until an evaluation first reached 90% (start-up and data loading included). "
+        "Training examples/s: the epochs' mean, data included, evaluation excluded. GFLOP/s: 3 x "
+        "forward FLOPs per example (`d2lcnn.trace`) x training examples/s.",
+    ]
+
+
 def render_targets(results: dict, peak: dict, quick: bool, names: list[str]) -> list[str]:
     """The targets table: each target, what was measured, and whether it was met."""
     lines = ["", "Targets:", "", "| Target | Measured | Met |", "|---|---|---|"]
@@ -673,7 +734,7 @@ def render_targets(results: dict, peak: dict, quick: bool, names: list[str]) -> 
     def verdict(ok: bool) -> str:
         return "— (quick mode)" if quick else ("yes" if ok else "**no**")
 
-    for name in names:
+    for name in [name for name in names if name in COMPARED]:
         base, ours = results[name]["baseline"], results[name]["d2lcnn"]
         ratio = ours["examples_per_s"] / base["examples_per_s"]
         ok = ratio >= SPEEDUP_TARGET and ours["final_acc"] >= base["final_acc"]
@@ -692,6 +753,8 @@ def render_targets(results: dict, peak: dict, quick: bool, names: list[str]) -> 
             f"{_pct(recipe['curve'][-1][1])}); whole command {recipe['command_seconds']:.1f} s "
             f"| {verdict(ok)} |"
         )
+    for name in [name for name in names if name in FAST]:
+        lines += fast_targets(name, results[name]["recipe"], peak, verdict)
     if "resnet18" in names:
         ours = results["resnet18"]["d2lcnn"]
         share = ours["gflops"] / peak["gflops"]
@@ -699,6 +762,29 @@ def render_targets(results: dict, peak: dict, quick: bool, names: list[str]) -> 
             f"| ResNet-18 (CIFAR stem) training >= {PEAK_SHARE_TARGET:.0%} of the bf16 matmul peak "
             f"| {share:.1%} ({ours['gflops']:,.0f} of {peak['gflops']:,.0f} GFLOP/s, data "
             f"included) | {verdict(share >= PEAK_SHARE_TARGET)} |"
+        )
+    return lines
+
+
+def fast_targets(name: str, recipe: dict, peak: dict, verdict: Callable[[bool], str]) -> list[str]:
+    """The target rows of one fast recipe: accuracy within a time, and (fast_vgg) the share of peak."""
+    lines = []
+    for acc, seconds in FAST_TARGETS[name]:
+        reached = time_to(recipe["curve"], acc)
+        reached = None if reached is None else reached + recipe["startup_seconds"]
+        final = recipe["curve"][-1][1]
+        margin = f"{(final - acc) * 100:+.2f} points" if final is not None else "—"
+        lines.append(
+            f"| `{name}` recipe: >= {acc:.0%} test accuracy within {seconds / 60:g} min (whole command) "
+            f"| {_secs(reached)} to {acc:.0%}; final {_pct(final)} ({margin}) after "
+            f"{recipe['command_seconds']:.0f} s | {verdict(reached is not None and reached <= seconds)} |"
+        )
+    if name == "fast_vgg":
+        share = recipe["examples_per_s"] * recipe["train_flops"] / 1e9 / peak["gflops"]
+        lines.append(
+            f"| `{name}` recipe: training at >= {PEAK_SHARE_TARGET:.0%} of the bf16 matmul peak | "
+            f"{share:.1%} of {peak['gflops']:,.0f} GFLOP/s (data included) | "
+            f"{verdict(share >= PEAK_SHARE_TARGET)} |"
         )
     return lines
 
@@ -721,7 +807,8 @@ def render_profiles(results: dict, peak: dict, quick: bool, names: list[str]) ->
         total = sum(r["seconds"].values()) or 1.0
         shares = [f"{r['seconds'][c] / total:.1%}" for c in CATEGORIES]
         conv = [f"{r[k]:,.0f} ({r[k] / peak['gflops']:.0%})" for k in ("conv_fwd_gflops", "conv_bwd_gflops")]
-        lines.append(f"| {workloads(quick)[name].title} | {r['steps']} x {r['batch_size']} | "
+        title = name if name in FAST else workloads(quick)[name].title
+        lines.append(f"| {title} | {r['steps']} x {r['batch_size']} | "
                      + " | ".join(shares + conv) + " |")  # fmt: skip
     lines += [
         "",
@@ -760,7 +847,8 @@ def bench(names: list[str], quick: bool, out: Path | None, label: str, command: 
     print(f"  {peak['gflops']:,.0f} GFLOP/s", flush=True)
     results: dict[str, dict] = {}
     for name in names:
-        sides = [*SIDES, "recipe", "profile"] if name == "lenet" else [*SIDES, "profile"]
+        sides = ["recipe", "profile"] if name in FAST else [*SIDES, "profile"]
+        sides += ["recipe"] if name == "lenet" else []
         for side in sides:
             print(f"{name} {side}...", flush=True)
             result, seconds = run_task(name, side, quick)
