@@ -92,8 +92,10 @@ FULL = {
     "alexnet": Workload(
         "AlexNet", "fashion_mnist", 224, 128, 0.01, 0.01, epochs=1, steps=40, test_per_class=200
     ),
+    # ResNet-18 from Xavier init: d2lcnn at lr 0.005 takes steps the size of d2l's plain SGD at 0.05.
+    # (At lr 0.1, twenty times larger steps, 30 steps ended at 12.2% against the baseline's 15.9%.)
     "resnet18": Workload(
-        "ResNet-18", "cifar10", None, 256, 0.05, 0.1, epochs=1, steps=30, test_per_class=200
+        "ResNet-18", "cifar10", None, 256, 0.05, 0.005, epochs=1, steps=30, test_per_class=200
     ),
 }
 # d2l's train_ch6 needs 5 batches or more an epoch (it plots every len(train_iter) // 5 batches).
@@ -101,7 +103,7 @@ QUICK = {
     "lenet": replace(FULL["lenet"], batch_size=32, epochs=2, train_per_class=16, test_per_class=5),
     "alexnet": replace(FULL["alexnet"], batch_size=8, steps=5, train_per_class=4, test_per_class=1),
     "resnet18": replace(FULL["resnet18"], batch_size=16, steps=5, train_per_class=8,
-                        test_per_class=2, d2lcnn_lr=0.01),
+                        test_per_class=2),
 }  # fmt: skip
 QUICK_CLI = ["--epochs", "2", "--train-per-class", "20", "--test-per-class", "5", "--batch-size", "64"]
 

@@ -150,7 +150,7 @@ _RESNET_CIFAR = _recipe(
 # batch norm shifts learn 64x faster. Evaluating with six views per image takes about a quarter of an
 # epoch's time on a CPU: every other epoch is enough.
 _FAST_CIFAR = _recipe(
-    "cifar10", epochs=13, eval_every=2, batch_size=512, augment=True, pad=2, lr=0.75, momentum=0.85,
+    "cifar10", epochs=15, eval_every=2, batch_size=512, augment=True, pad=2, lr=0.75, momentum=0.85,
     weight_decay=1.33e-3, schedule="triangle", warmup=0.23, label_smoothing=0.2, norm_lr_scale=64.0,
     whiten=True, lookahead=True, test_flip=True, test_shift=1,
 )  # fmt: skip

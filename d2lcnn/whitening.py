@@ -1,10 +1,10 @@
 """Patch whitening: a first convolution whose weights are computed from the data, not learned.
 
 Neighbouring pixels are strongly correlated, so the first layer of a network spends its early steps
-learning to undo that. Whitening does it at once (Coates & Ng 2012; airbench94 and ResNet-9 use it
-for fast CIFAR-10): the filters are the eigenvectors of the covariance of k x k patches of training
-images, each divided by the square root of its eigenvalue, so the layer's outputs are uncorrelated
-with unit variance. The weights are then frozen.
+learning to undo that. Whitening does it at once (Coates, Lee & Ng 2011; David Page's "bag of tricks"
+ResNet-9 and airbench94 use it for fast CIFAR-10): the filters are the eigenvectors of the
+covariance of k x k patches of training images, each divided by the square root of its eigenvalue,
+so the layer's outputs are uncorrelated with unit variance. The weights are then frozen.
 """
 
 from __future__ import annotations
