@@ -45,7 +45,7 @@ notebooks: setup
 	$(PY) scripts/execute_notebooks.py
 
 # Speed: the d2l package's train_ch6 against d2lcnn.fit, side by side, and the fast CIFAR-10 recipes
-# (full mode: about 45 minutes on a quiet machine).
+# (full mode: about 35 minutes on a quiet machine).
 bench: setup
 	$(PY) bench/speed.py
 
