@@ -1,8 +1,9 @@
-"""Speed bench: a faithful copy of d2l's training loop against `d2lcnn.fit`, on the same data.
+"""Speed bench: the d2l 1.0.3 package's `train_ch6` against `d2lcnn.fit` on the same models and data,
+then the fast CIFAR-10 recipes (`d2lcnn train --model fast_vgg|fast_resnet`) as one command each.
 
-    python bench/speed.py                         # full mode (~15 min on 2 quiet cores), writes
+    python bench/speed.py                         # full mode (~35 min on 2 quiet cores), writes
                                                   # bench/results/speed.md
-    python bench/speed.py --only lenet,resnet18   # some of the models
+    python bench/speed.py --only lenet,fast_vgg   # some of the models
     python bench/speed.py --quick --out /tmp/speed.md   # a few steps on tiny subsets (CI)
 
 bench/README.md says what each side does and what each column measures. Every configuration runs in
