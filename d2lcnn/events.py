@@ -1,4 +1,5 @@
-"""What happens around the training loop: progress, live plot, checkpoints, divergence checks.
+"""What happens around the training loop: progress, live plot, checkpoints, divergence checks, and
+weight averaging (Lookahead).
 
 `fit` calls each event object at four moments, if it has the method:
 
