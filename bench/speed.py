@@ -698,6 +698,18 @@ def render_recipes(results: dict) -> list[str]:
     ]  # fmt: skip
 
 
+def command_time_to(recipe: dict, acc: float) -> float | None:
+    """Seconds of a CLI recipe's whole command (start-up and data loading included) until an
+    evaluation first reached `acc`, or None."""
+    reached = time_to(recipe["curve"], acc)
+    return None if reached is None else reached + recipe["startup_seconds"]
+
+
+def recipe_gflops(recipe: dict) -> float:
+    """GFLOP/s of a CLI recipe's training: 3 x forward FLOPs per example x training examples/s."""
+    return recipe["examples_per_s"] * recipe["train_flops"] / 1e9
+
+
 def render_fast(results: dict, peak: dict, names: list[str]) -> list[str]:
     """The fast CIFAR-10 recipes, each run as its CLI command."""
     if not names:
@@ -712,9 +724,7 @@ def render_fast(results: dict, peak: dict, names: list[str]) -> list[str]:
     ]
     for name in names:
         r = results[name]["recipe"]
-        reached = time_to(r["curve"], 0.90)
-        reached = None if reached is None else reached + r["startup_seconds"]
-        gflops = r["examples_per_s"] * r["train_flops"] / 1e9
+        reached, gflops = command_time_to(r, 0.90), recipe_gflops(r)
         lines.append(
             f"| {name} | {r['run']} | {r['epochs']} | {_pct(r['curve'][-1][1])} | {_secs(reached)} | "
             f"{r['command_seconds']:.1f} s | {r['examples_per_s']:,.0f} | {gflops:,.0f} | "
@@ -773,8 +783,7 @@ def fast_targets(name: str, recipe: dict, peak: dict, verdict: Callable[[bool], 
     """The target rows of one fast recipe: accuracy within a time, and (fast_vgg) the share of peak."""
     lines = []
     for acc, seconds in FAST_TARGETS[name]:
-        reached = time_to(recipe["curve"], acc)
-        reached = None if reached is None else reached + recipe["startup_seconds"]
+        reached = command_time_to(recipe, acc)
         final = recipe["curve"][-1][1]
         margin = f"{(final - acc) * 100:+.2f} points" if final is not None else "—"
         lines.append(
@@ -783,7 +792,7 @@ def fast_targets(name: str, recipe: dict, peak: dict, verdict: Callable[[bool], 
             f"{recipe['command_seconds']:.0f} s | {verdict(reached is not None and reached <= seconds)} |"
         )
     if name == "fast_vgg":
-        share = recipe["examples_per_s"] * recipe["train_flops"] / 1e9 / peak["gflops"]
+        share = recipe_gflops(recipe) / peak["gflops"]
         lines.append(
             f"| `{name}` recipe: training at >= {PEAK_SHARE_TARGET:.0%} of the bf16 matmul peak | "
             f"{share:.1%} of {peak['gflops']:,.0f} GFLOP/s (data included) | "
