@@ -113,7 +113,15 @@ def test_alexnet_second_source_form_and_its_initialisation():
     torch.manual_seed(0)
     model = create("alexnet_paper")
     lrns = [m for m in model.features if isinstance(m, nn.LocalResponseNorm)]
-    assert len(lrns) == 2 and all((m.size, m.alpha, m.beta, m.k) == (5, 1e-4, 0.75, 2) for m in lrns)
+    assert len(lrns) == 2
+    # Krizhevsky et al. (2012), section 3.3: b = a / (k + alpha * sum of a^2 over n=5 channels)^beta
+    # with k=2, alpha=1e-4, beta=0.75; PyTorch's alpha is divided by size, so it must be 5e-4.
+    a = torch.randn(1, 8, 3, 3) * 30
+    squares = torch.nn.functional.pad(a.pow(2), (0, 0, 0, 0, 2, 2))
+    window_sums = sum(squares[:, i : i + 8] for i in range(5))
+    paper = a / (2 + 1e-4 * window_sums) ** 0.75
+    for lrn in lrns:
+        torch.testing.assert_close(lrn(a), paper)
     features = list(model.features)
     # LRN right after the ReLUs of conv1 and conv2, as in the source's Sequential (indices 2 and 6)
     assert isinstance(features[2], nn.LocalResponseNorm) and isinstance(features[6], nn.LocalResponseNorm)

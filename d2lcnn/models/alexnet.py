@@ -27,7 +27,9 @@ class AlexNet(Classifier):
         super().__init__(num_classes, in_channels, input_size=227 if paper else 224, paper=paper)
 
         def lrn() -> list[nn.Module]:
-            return [nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2)] if paper else []
+            # The paper's n=5, k=2, alpha=1e-4, beta=0.75. PyTorch divides alpha by size, so the
+            # paper's alpha is 5 x 1e-4 here.
+            return [nn.LocalResponseNorm(size=5, alpha=5 * 1e-4, beta=0.75, k=2)] if paper else []
 
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 96, kernel_size=11, stride=4), nn.ReLU(), *lrn(),
