@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from d2lcnn.files import read_json, write_json
 from d2lcnn.models import create, list_models
 from d2lcnn.runtime import Runtime, pick_device, pick_precision, seed_everything
 from d2lcnn.settings import Recipe, Settings, recipe_for
+from d2lcnn.show import Table
 from d2lcnn.trace import trace
 from d2lcnn.train import evaluate, make_optimizer, make_schedule, train_epoch
 from d2lcnn.worker import memory_mb, run_in_process
@@ -33,8 +34,9 @@ DEFAULT_MODELS = ("lenet", "lenet_bn", "lenet_modern", "alexnet", "vgg11", "nin"
                   "densenet")  # fmt: skip
 RESULT_COLUMNS = ("Model", "Input", "Params", "FLOPs/image", "Epochs", "Train s", "s/epoch", "Images/s",
                   "Peak MB", "Test acc")  # fmt: skip
+RESULT_ALIGN = "l" + "r" * (len(RESULT_COLUMNS) - 1)  # the model's name left, the numbers right
 SETTINGS_COLUMNS = ("Model", "Input", "Options", "Training", "Compared with d2l")
-TEXT_COLUMNS = {"Model", "Options", "Training", "Compared with d2l"}  # left-aligned; the others are numbers
+SETTINGS_ALIGN = "lrlll"
 CUDA_MEMORY = "CUDA memory allocated by torch"  # what peak_memory_mb measures
 PROCESS_MEMORY = "peak resident memory of the model's own process (Python, torch and the data included)"
 
@@ -83,26 +85,44 @@ class Comparison:
 
     def header(self) -> str:
         """One line saying what the numbers were measured on."""
-        threads = f", {self.threads} thread{'s' if self.threads != 1 else ''}" if self.device == "cpu" else ""
+        plural = "s" if self.threads != 1 else ""
+        threads = f" with {self.threads} thread{plural}" if self.device == "cpu" else ""
         return (
-            f"{self.dataset}: {self.train_examples:,} training / {self.test_examples:,} test images; "
-            f"budget {self.budget:g} s of training per model; device {self.device}{threads}; "
-            f"precision {self.precision}; torch {self.torch}"
+            f"{self.dataset}: {self.train_examples:,} training and {self.test_examples:,} test images; "
+            f"each model trains for {self.budget:g} s on {self.device}{threads}, in {self.precision} "
+            f"precision (torch {self.torch})."
         )
+
+    def results_table(self) -> Table:
+        """The measurements, one row per model ("-" where a model failed), with a note on the columns."""
+        bases = [r.base_memory_mb for r in self.rows if r.base_memory_mb is not None]
+        base = f", of which about {min(bases):,.0f} MB before any model is built" if bases else ""
+        note = (
+            "Epochs: passes over the training set within the budget; s/epoch: the seconds one pass takes "
+            f"at the measured Images/s (training images per second). Peak MB: {self.memory}{base}."
+        )
+        rows = [_result_cells(r, self.in_channels) for r in self.rows]
+        return Table(RESULT_COLUMNS, rows, align=RESULT_ALIGN, notes=[note])
+
+    def settings_table(self) -> Table:
+        """Each model's input, options and optimiser settings, and how they differ from d2l's."""
+        return _settings_table(self.rows, self.in_channels, caption="Each model's settings, from its recipe:")
 
     def to_markdown(self, settings: bool = True) -> str:
         """The header line, the results table, the failures and (with `settings`) the settings table."""
-        results = [_result_cells(r, self.in_channels) for r in self.rows]
-        lines = [self.header(), "", _markdown_table(RESULT_COLUMNS, results)]
-        bases = [r.base_memory_mb for r in self.rows if r.base_memory_mb is not None]
-        base = f", of which about {min(bases):,.0f} MB before any model is built" if bases else ""
-        lines += ["", f"Peak MB: {self.memory}{base}. Epochs: passes over the training set in the budget."]
+        lines = [self.header(), "", self.results_table().to_markdown()]
         failed = [r for r in self.rows if r.error]
         if failed:
             lines += ["", "Failed:", *(f"- {r.model}: {r.error}" for r in failed)]
         if settings:
-            lines += ["", _settings_table(self.rows, self.in_channels)]
+            lines += ["", self.settings_table().to_markdown()]
         return "\n".join(lines) + "\n"
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the header line, the results table with its note, and why models failed."""
+        table = self.results_table()
+        failures = [f"{r.model} failed: {r.error}" for r in self.rows if r.error]
+        return replace(table, caption=self.header(), notes=[*table.notes, *failures])._repr_html_()
 
     def to_json(self, path: str | Path) -> None:
         """Write the comparison as JSON, atomically."""
@@ -132,26 +152,14 @@ def _result_cells(r: Row, in_channels: int) -> list[str]:
             number(r.examples_per_s, ",.0f"), number(r.peak_memory_mb, ",.0f"), acc]  # fmt: skip
 
 
-def _settings_table(rows: Sequence[Row], in_channels: int) -> str:
+def _settings_table(rows: Sequence[Row], in_channels: int, caption: str | None = None) -> Table:
     body = []
     for r in rows:
         options = ", ".join(f"{k}={v}" for k, v in r.options.items()) or "-"
         training = f"{r.optimizer}, lr {r.lr:g}, batch {r.batch_size}"
         size = f"{in_channels}x{r.input_size}x{r.input_size}"
         body.append([r.model, size, options, training, r.note or "-"])
-    return _markdown_table(SETTINGS_COLUMNS, body)
-
-
-def _markdown_table(columns: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    """A markdown table that lines up in a terminal too."""
-    align = ["<" if c in TEXT_COLUMNS else ">" for c in columns]
-    widths = [max(len(cell) for cell in column) for column in zip(columns, *body)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)) + " |"
-
-    rule = "|".join("-" * (w + 1) + ":" if a == ">" else "-" * (w + 2) for a, w in zip(align, widths))
-    return "\n".join([line(columns), f"|{rule}|", *(line(cells) for cells in body)])
+    return Table(SETTINGS_COLUMNS, body, align=SETTINGS_ALIGN, caption=caption)
 
 
 def _si(number: float) -> str:
@@ -161,11 +169,19 @@ def _si(number: float) -> str:
     return f"{number:g}"
 
 
-def settings_markdown() -> str:
-    """The settings table of the registered `DEFAULT_MODELS` on Fashion-MNIST, before anything trains:
-    input, options, optimiser and how each differs from d2l."""
-    rows = [_planned_row(name, recipe_for(name, generic=True)) for name in _check_models(None)]
-    return _settings_table(rows, in_channels=1)
+def planned_settings_table(
+    models: Sequence[str] | None = None, recipes: Mapping[str, Recipe] | None = None, in_channels: int = 1
+) -> Table:
+    """The settings `compare` trains `models` with (default: the registered `DEFAULT_MODELS`), with
+    `recipes` as in `compare`, on images of `in_channels` channels (1: Fashion-MNIST, 3: CIFAR-10),
+    before anything trains: each model's input, options, optimiser and how it differs from d2l.
+    Shows as HTML in a notebook; `to_markdown()` for a file."""
+    rows = [_planned_row(name, _recipe_of(name, recipes)) for name in _check_models(models)]
+    return _settings_table(rows, in_channels=in_channels)
+
+
+def _recipe_of(name: str, recipes: Mapping[str, Recipe] | None) -> Recipe:
+    return (recipes or {}).get(name) or recipe_for(name, generic=True)
 
 
 def compare(
@@ -189,7 +205,7 @@ def compare(
     if not (is_number(budget) and budget > 0):
         raise ConfigError(f"The budget is seconds of training per model and must be > 0, got {budget!r}.")
     names = _check_models(models)
-    chosen = {name: (recipes or {}).get(name) or recipe_for(name, generic=True) for name in names}
+    chosen = {name: _recipe_of(name, recipes) for name in names}
     rows = {name: _planned_row(name, recipe) for name, recipe in chosen.items()}  # a bad recipe fails here
     torch_device = pick_device(device)
     subsets = dict(train_per_class=train_per_class, test_per_class=test_per_class)

@@ -4,7 +4,6 @@ multiply-add is 2 FLOPs; ReLU, pooling and batch norm count as 0."""
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,9 +15,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from d2lcnn.errors import ConfigError, InputShapeError, is_int
 from d2lcnn.models.base import explain_input_error, run_on_meta
 from d2lcnn.runtime import model_name
+from d2lcnn.show import Table
 
 HEADER = ("Layer", "Type", "Output shape", "Params", "FLOPs")
-ALIGN = ("left", "left", "left", "right", "right")
+ALIGN = "lllrr"  # numbers right, text left
 
 
 @dataclass
@@ -38,7 +38,8 @@ class Row:
 
 @dataclass(repr=False)
 class Trace:
-    """The table `trace` returns: shows as HTML in a notebook and as text in a terminal."""
+    """The table `trace` returns: shows as HTML in a notebook and as text in a terminal; `table()` gives
+    it as a `d2lcnn.show.Table` (e.g. for its `to_markdown()`)."""
 
     model_name: str
     input_shape: tuple[int, ...]
@@ -55,33 +56,26 @@ class Trace:
             f"FLOPs per forward pass: {_flops(self.total_flops)} ({self.total_flops:,})",
         ]
 
+    def table(self) -> Table:
+        """The rows as a `Table`: the model and its input above, the totals below, nested layers indented."""
+        return Table(
+            HEADER,
+            [row._cells() for row in self.rows],
+            align=ALIGN,
+            caption=f"{self.model_name}: input {_shape(self.input_shape)}",
+            notes=self._totals(),
+            indent=[row.depth - 1 for row in self.rows],
+        )
+
     def __str__(self) -> str:
-        body = [("  " * (r.depth - 1) + r.name, *r._cells()[1:]) for r in self.rows]
-        widths = [max(len(line[i]) for line in [HEADER, *body]) for i in range(len(HEADER))]
-
-        def fmt(line: tuple[str, ...]) -> str:
-            cells = [c.ljust(w) if a == "left" else c.rjust(w) for c, a, w in zip(line, ALIGN, widths)]
-            return "  ".join(cells).rstrip()
-
-        rule = "-" * len(fmt(HEADER))
-        title = f"{self.model_name}: input {_shape(self.input_shape)}"
-        return "\n".join([title, rule, fmt(HEADER), rule, *map(fmt, body), rule, *self._totals(), rule])
+        return self.table().to_text()
 
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        def tr(cells: tuple[str, ...], tag: str = "td", indent: float = 0.0) -> str:
-            styles = [f"text-align:{a}" for a in ALIGN]
-            styles[0] += f";padding-left:{indent:.1f}em"
-            tds = (f"<{tag} style='{s}'>{html.escape(c)}</{tag}>" for s, c in zip(styles, cells))
-            return "<tr>" + "".join(tds) + "</tr>"
-
-        body = "".join(tr(r._cells(), indent=1.2 * (r.depth - 1)) for r in self.rows)
-        title = f"<b>{html.escape(self.model_name)}</b>: input {_shape(self.input_shape)}"
-        totals = "<br>".join(html.escape(t) for t in self._totals())
+        # The class d2lcnn-trace marks a shape trace among a chapter's outputs (tests/test_notebooks.py).
         return (
-            f"<div class='d2lcnn-trace'><p>{title}</p><table><thead>{tr(HEADER, 'th')}</thead>"
-            f"<tbody>{body}</tbody></table><p>{totals}</p></div>"
+            self.table()._repr_html_().replace('class="d2lcnn-table"', 'class="d2lcnn-table d2lcnn-trace"', 1)
         )
 
 

@@ -85,11 +85,18 @@ def test_a_recipe_a_model_cannot_be_built_with_fails_before_anything_trains(data
 def test_markdown_has_a_header_and_one_table_line_per_model(result, data_root):
     text = result.to_markdown()
     header = text.splitlines()[0]
-    for part in ("mnist", "budget 1.5 s", "device cpu", f"precision {result.precision}", torch.__version__):
+    for part in (
+        "mnist",
+        "trains for 1.5 s",
+        "on cpu",
+        f"in {result.precision} precision",
+        torch.__version__,
+    ):
         assert part in header
     table = text.split("\n\n")[1].splitlines()
     assert len(table) == 2 + 3  # column names, alignment rule, one line per model
-    assert len({line.count("|") for line in table}) == 1
+    assert len({len(line) for line in table}) == 1 and len({line.count("|") for line in table}) == 1
+    assert text.split("\n\n")[2].startswith("Epochs: passes over the training set within the budget")
     assert [line.split("|")[1].strip() for line in table[2:]] == ["lenet", "lenet_bn", "lenet_modern"]
     assert "failed" in table[3] and "- lenet_bn: lenet_bn cannot take input" in text
     settings = text.split("\n\n")[-1].splitlines()  # the settings table closes the text
@@ -107,7 +114,7 @@ def test_json_round_trip(result, tmp_path):
 
 
 def test_the_settings_are_each_models_recipe_and_every_model_takes_its_input():
-    table = cmp.settings_markdown()
+    table = cmp.planned_settings_table().to_markdown()
     for name in (n for n in cmp.DEFAULT_MODELS if n in list_models()):
         recipe = recipe_for(name, generic=True)
         with torch.device("meta"):  # shapes only: builds even AlexNet in no time
@@ -116,6 +123,49 @@ def test_the_settings_are_each_models_recipe_and_every_model_takes_its_input():
         assert trace(model, (1, side, side)).output_shape == (1, 10), name
         line = next(line for line in table.splitlines() if line.startswith(f"| {name} "))
         assert f"1x{side}x{side}" in line and f"lr {recipe.settings.lr:g}" in line and recipe.note in line
+
+
+def made_up_comparison() -> cmp.Comparison:
+    """A comparison of two models, one of which failed, without training anything."""
+    planned = dict(input_size=28, options={"width": 0.5}, optimizer="sgd", lr=0.1, batch_size=128)
+    done = cmp.Row("lenet", **planned, params=61_706, flops=833_040, steps=100, epochs=7.23,
+                   train_seconds=20.0, epoch_seconds=2.77, examples_per_s=21_664.2, peak_memory_mb=750.3,
+                   base_memory_mb=300.0, test_acc=0.901)  # fmt: skip
+    failed = cmp.Row("vgg11", **planned, error="the process was killed by SIGKILL (out of memory?)")
+    return cmp.Comparison(
+        dataset="mnist", budget=10.0, device="cpu", precision="fp32", threads=2, torch="2", in_channels=1,
+        train_examples=300, test_examples=100, seed=0, memory="peak RSS", rows=[done, failed],
+    )  # fmt: skip
+
+
+def test_results_and_settings_tables_hold_one_row_per_model():
+    comparison = made_up_comparison()
+    results = comparison.results_table()
+    assert results.columns == cmp.RESULT_COLUMNS and results.alignment() == "l" + "r" * 9
+    assert results.rows[0] == ("lenet", "1x28x28", "61,706", "833 K", "7.23", "20.0", "2.77", "21,664", "750",
+                               "90.1%")  # fmt: skip
+    assert results.rows[1][2:] == ("-",) * 7 + ("failed",)
+    assert "about 300 MB before any model is built" in results.notes[0]
+    settings = comparison.settings_table()
+    assert settings.rows[1] == ("vgg11", "1x28x28", "width=0.5", "sgd, lr 0.1, batch 128", "-")
+    planned = cmp.planned_settings_table(["vgg11", "lenet"])
+    assert [row[0] for row in planned.rows] == ["vgg11", "lenet"] and planned.alignment() == "lrlll"
+
+
+def test_in_a_notebook_a_comparison_shows_its_results_and_failures_but_not_its_settings():
+    comparison = made_up_comparison()
+    html = comparison._repr_html_()
+    assert html.startswith('<div class="d2lcnn-table"') and html.count("<table") == 1
+    assert html.index(comparison.header()) < html.index("<table")
+    assert (
+        html.index("</table>")
+        < html.index("Epochs: passes")
+        < html.index("vgg11 failed: the process was killed")
+    )
+    assert "Compared with d2l" not in html and "sgd, lr 0.1" not in html
+    text = comparison.to_markdown()
+    assert "\n\nFailed:\n- vgg11: the process was killed" in text
+    assert text.endswith(comparison.settings_table().to_markdown() + "\n")
 
 
 # ----------------------------------------------------------------------------- the budget
@@ -243,3 +293,11 @@ def test_bad_input_exits_2_naming_the_fix(args, message, data_root, tmp_path, mo
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_planned_settings_show_the_recipes_a_comparison_will_use():
+    recipes = {"nin": recipe_for("nin").with_overrides(resize=64, model_options={"width": 0.5})}
+    planned = cmp.planned_settings_table(["nin", "lenet"], recipes, in_channels=3).to_markdown()
+    nin, lenet = (next(line for line in planned.splitlines() if f"| {m} " in line) for m in ("nin", "lenet"))
+    assert "3x64x64" in nin and "width=0.5" in nin
+    assert "3x28x28" in lenet  # no recipe given: its own

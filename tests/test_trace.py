@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -61,7 +63,20 @@ def test_text_and_html_views():
     assert "features.0" in text and "Sequential" in text and "Parameters: 910,954" in text
     html = table._repr_html_()
     assert html.count("<tr>") == len(table.rows) + 1
-    assert "padding-left:1.2em" in html  # nested rows are indented
+    assert "padding-left:1.95em" in html  # nested rows are indented
+
+
+def test_html_cells_are_padded_in_a_box_that_scrolls_sideways():
+    table = trace(create("lenet"), (1, 28, 28))
+    html = table._repr_html_()
+    assert html.startswith('<div class="d2lcnn-table d2lcnn-trace" style="overflow-x:auto; max-width:100%">')
+    cells = re.findall(r'<t[dh] style="([^"]*)">([^<]*)</t[dh]>', html)
+    assert len(cells) == 5 * (len(table.rows) + 1)
+    assert all("padding:0.25em 0.75em" in style for style, _ in cells)
+    params, flops = cells[5 + 3], cells[5 + 4]  # of the first row: 2,572 and 715.20 K, apart
+    assert params[1] == "2,572" and flops[1] == "715.20 K"
+    assert all("text-align:right" in style and "white-space:nowrap" in style for style, _ in (params, flops))
+    assert "lenet: input 1 x 1 x 28 x 28" in html and "Parameters: 61,706 (61,706 trainable)" in html
 
 
 def test_batch_shape_and_any_module():
