@@ -11,5 +11,5 @@ from d2lcnn.models.googlenet import GoogLeNet, Inception
 from d2lcnn.models.lenet import LeNet
 from d2lcnn.models.nin import NiN, nin_block
 from d2lcnn.models.registry import create, list_models, model_doc
-from d2lcnn.models.resnet import ResidualBlock, ResNet
+from d2lcnn.models.resnet import PreActivationBlock, ResidualBlock, ResNet
 from d2lcnn.models.vgg import VGG, vgg_block

@@ -34,6 +34,8 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 class DenseBlock(nn.Module):
     """`num_convs` conv blocks; each one's output is concatenated to its input before the next one."""
 
+    diagram = "dense"  # how d2lcnn.diagram draws it
+
     def __init__(self, num_convs: int, in_channels: int, growth_rate: int) -> None:
         super().__init__()
         self.convs = nn.Sequential(

@@ -27,6 +27,8 @@ def conv_bn_gelu(in_channels: int, out_channels: int) -> nn.Sequential:
 class Residual(nn.Module):
     """x + f(x), f being two 3x3 conv-BN-GELU layers that keep the channels and the size."""
 
+    diagram = "residual"  # how d2lcnn.diagram draws it
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(conv_bn_gelu(channels, channels), conv_bn_gelu(channels, channels))
@@ -37,6 +39,8 @@ class Residual(nn.Module):
 
 class ResidualGroup(nn.Module):
     """conv, max pool (halves the size), BN, GELU; then a Residual block if `residual`."""
+
+    diagram = "sequence"  # d2lcnn.diagram draws its layers, and the Residual block with its skip
 
     def __init__(self, in_channels: int, out_channels: int, residual: bool) -> None:
         super().__init__()

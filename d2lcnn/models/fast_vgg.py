@@ -87,6 +87,8 @@ def head(in_channels: int, num_classes: int) -> nn.Sequential:
 class ConvGroup(nn.Module):
     """conv, max pool (halves the size), BN, GELU, then conv, BN, GELU."""
 
+    diagram = "sequence"  # d2lcnn.diagram draws its layers: the pool right after the first conv shows
+
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_channels, out_channels)

@@ -37,6 +37,8 @@ class Inception(nn.Module):
     1x1 reduction, output channels) of the 3x3 and the 5x5 branch.
     """
 
+    diagram = "branches"  # how d2lcnn.diagram draws it
+
     def __init__(self, in_channels: int, c1: int, c2: tuple[int, int], c3: tuple[int, int], c4: int) -> None:
         super().__init__()
         self.branch1 = nn.Sequential(nn.Conv2d(in_channels, c1, kernel_size=1), nn.ReLU())

@@ -20,6 +20,8 @@ from d2lcnn.models.registry import register
 class ResidualBlock(nn.Module):
     """Two 3x3 conv + BN layers with an identity shortcut, or a 1x1 conv + BN one when `use_1x1conv`."""
 
+    diagram = "residual"  # how d2lcnn.diagram draws it
+
     def __init__(
         self, in_channels: int, out_channels: int, stride: int = 1, use_1x1conv: bool = False
     ) -> None:
@@ -41,6 +43,34 @@ class ResidualBlock(nn.Module):
         y = self.bn2(self.conv2(y))
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.relu(y + shortcut)
+
+
+class PreActivationBlock(nn.Module):
+    """He et al. (2016), "Identity mappings in deep residual networks": BN, ReLU, 3x3 conv, BN, ReLU,
+    3x3 conv, added to the shortcut with no ReLU after: y = x + F(x), so dy/dx = I + dF/dx and the
+    identity reaches every later block unchanged. Arguments as in ResidualBlock; the 1x1 shortcut
+    convolution has no batch norm after it (the next block starts with one)."""
+
+    diagram = "residual"  # how d2lcnn.diagram draws it
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, use_1x1conv: bool = False
+    ) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.relu = nn.ReLU()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.downsample = None
+        if use_1x1conv:
+            self.downsample = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+
+    def forward(self, x):
+        y = self.conv1(self.relu(self.bn1(x)))
+        y = self.conv2(self.relu(self.bn2(y)))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return y + shortcut
 
 
 class ResNet(Classifier):
