@@ -15,10 +15,20 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.colors import is_color_like
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import TextPath
+from matplotlib.transforms import Bbox, offset_copy
 from torch import Tensor, nn
 from torch.nn.modules.module import register_module_forward_hook
 
-from d2lcnn.errors import CorruptDataError, InputShapeError, UnknownNameError, unknown_name
+from d2lcnn.errors import (
+    ConfigError,
+    CorruptDataError,
+    InputShapeError,
+    UnknownNameError,
+    is_number,
+    unknown_name,
+)
 from d2lcnn.runtime import evaluating, model_device
 
 # A light style shared by every figure, readable at notebook width (used as a decorator: @plt.rc_context).
@@ -34,7 +44,9 @@ _STYLE = {
     "image.interpolation": "nearest",
 }
 _CELL_INCHES = 1.2  # size of one image in a grid
+_MAX_WIDTH = 10.5  # inches: no wider than the book's page, where a wider figure would be shrunk
 _MISTAKE_COLOR = "tab:red"
+_BEHIND_TEXT = {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}
 
 _METRICS = {  # metric: (fields to draw, panel title, y label)
     "loss": (("train_loss", "test_loss"), "Loss", "loss"),
@@ -103,14 +115,24 @@ def plot_history(
     labels: Sequence[str] | None = None,
     metrics: str | Sequence[str] = ("loss", "acc"),
     ax: Axes | Sequence[Axes] | None = None,
+    loss_ylim: tuple[float, float] | None = None,
 ) -> Figure:
     """Loss and accuracy (train solid, test dashed) against epoch of a History, its as_dict() or JSON,
     or of a list of those overlaid and named by `labels`. `metrics` picks panels from "loss", "acc" and
-    "lr"; `ax` gives one Axes per metric to draw into."""
+    "lr"; `ax` gives one Axes per metric to draw into. `loss_ylim` = (low, high) fixes the loss axis,
+    e.g. when one spike would flatten the other epochs; a point beyond it is marked at the edge with
+    its value ("3.9 ↑")."""
     metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
     for metric in metrics or [""]:  # none at all is refused like an unknown one
         if metric not in _METRICS:
             raise unknown_name("metric", str(metric), _METRICS)
+    if loss_ylim is not None and not (
+        isinstance(loss_ylim, (tuple, list))
+        and len(loss_ylim) == 2
+        and all(is_number(limit) for limit in loss_ylim)
+        and loss_ylim[0] < loss_ylim[1]
+    ):
+        raise ConfigError(f"loss_ylim must be (low, high) with low < high, e.g. (0, 2.5), got {loss_ylim!r}.")
     runs = _runs(history, labels)
     if ax is None:
         ax = _new_figure(4.6 * len(metrics), 3.4).subplots(1, len(metrics), squeeze=False)
@@ -140,11 +162,57 @@ def plot_history(
                 positive += [v for v in values if v > 0]
         if metric == "lr" and positive and max(positive) / min(positive) > 10:
             ax.set_yscale("log")
+        if metric == "loss" and loss_ylim is not None:
+            _limit_with_marks(ax, loss_ylim)
         ax.set(title=title, xlabel="epoch", ylabel=ylabel)
         ax.locator_params(axis="x", integer=True, nbins=10)
         if ax.get_legend_handles_labels()[1]:
             ax.legend()
     return axes[0].figure.figure  # the Figure itself, also when the axes are in a SubFigure
+
+
+def _text_inches(text: str, size: float) -> float:
+    """The width in inches of the longest line of `text` in the default font at `size` points."""
+    prop = FontProperties(size=size)
+    widths = [
+        TextPath((0, 0), line, prop=prop).get_extents().width for line in text.split("\n") if line.strip()
+    ]
+    return max(widths, default=0.0) / 72
+
+
+def _limit_with_marks(ax: Axes, ylim: tuple[float, float]) -> None:
+    """Set the y limits of `ax`, and mark each point of its lines beyond them by a triangle on the edge
+    it passed, in the line's colour, annotated with its value: nothing is hidden silently."""
+    low, high = float(ylim[0]), float(ylim[1])
+    ax.set_ylim(low, high)
+    left, right = ax.get_xlim()
+    edge = ax.get_xaxis_transform()  # x in data, y in axes fraction: 1 is the top edge, 0 the bottom
+    marks: dict[tuple[float, bool], int] = {}  # marks so far at each (x, edge): stack their labels
+    for line in list(ax.lines):
+        for x, y in zip(np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)):
+            if not (y > high or y < low):  # also skips NaN
+                continue
+            up = y > high
+            stacked = marks.get((x, up), 0)
+            marks[(x, up)] = stacked + 1
+            color, shift = line.get_color(), 9 * stacked + 2  # points inwards from the edge
+            # a second mark at the same place goes just inside the first, so that both show
+            place = offset_copy(edge, ax.figure, y=(2 - shift if up else shift - 2), units="points")
+            ax.plot([x], [1.0 if up else 0.0], transform=place, marker="^" if up else "v", markersize=7,
+                    color=color, linestyle="none", clip_on=False, zorder=4)  # fmt: skip
+            on_right = x - left > 0.7 * (right - left)  # then the label goes left, to stay inside
+            ax.annotate(
+                f"{y:.3g} {'↑' if up else '↓'}",
+                (x, 1.0 if up else 0.0),
+                xycoords=edge,
+                xytext=(-6 if on_right else 6, -shift if up else shift),
+                textcoords="offset points",
+                ha="right" if on_right else "left",
+                va="top" if up else "bottom",
+                fontsize=8,
+                color=color,
+                bbox=_BEHIND_TEXT,
+            )
 
 
 def _image_grid(
@@ -154,13 +222,22 @@ def _image_grid(
     title_colors: Sequence[Any] | None = None,
     mistakes: Sequence[bool] | None = None,
     suptitle: str | None = None,
+    cell: tuple[float, float] = (_CELL_INCHES, _CELL_INCHES),
+    title_size: float = 8.0,
     **imshow: Any,
 ) -> Figure:
-    """One panel per (H, W) or (H, W, 3) image, gray in [0, 1] unless `imshow` overrides; mistakes in red."""
-    ncols = max(1, min(ncols, len(images)))
+    """One panel per (H, W) or (H, W, 3) image, gray in [0, 1] unless `imshow` overrides; mistakes in red.
+    `cell` is the (width, height) in inches of one image; a column is widened to its widest title, and
+    `ncols` lowered if the figure would be wider than the page, so that no two titles overlap."""
+    titles = [str(title) for title in titles] if titles else []
+    lines = max((title.count("\n") + 1 for title in titles), default=0)
+    title_room = lines * title_size * 1.25 / 72 + (0.03 if lines else 0.0)
+    column = max(cell[0], max((_text_inches(title, title_size) for title in titles), default=0.0) + 0.15)
+    ncols = max(1, min(ncols, len(images), int(_MAX_WIDTH // column)))
     nrows = math.ceil(len(images) / ncols)
-    title_room = 0.18 * (1 + max(str(t).count("\n") for t in titles)) if titles else 0.0
-    fig = _new_figure(ncols * _CELL_INCHES, nrows * (_CELL_INCHES + title_room) + (0.35 if suptitle else 0.0))
+    fig = _new_figure(ncols * column, nrows * (cell[1] + title_room) + (0.35 if suptitle else 0.0))
+    pad = min(3 / 72, 0.03 * cell[1])  # between panels: constrained layout's default, less for small ones
+    fig.get_layout_engine().set(w_pad=pad, h_pad=pad, wspace=0.0, hspace=0.02 if lines else 0.0)
     imshow = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0} | imshow  # the colour map is ignored for RGB
     for i, image in enumerate(images):
         ax = fig.add_subplot(nrows, ncols, i + 1)
@@ -168,10 +245,10 @@ def _image_grid(
         ax.set(xticks=[], yticks=[])
         wrong = bool(mistakes and mistakes[i])
         for spine in ax.spines.values():
-            spine.set(visible=wrong, color=_MISTAKE_COLOR, linewidth=2.5)
+            spine.set(visible=wrong, color=_MISTAKE_COLOR, linewidth=2.5 if cell[1] >= 1 else 1.5)
         if titles:
             color = _MISTAKE_COLOR if wrong else title_colors[i] if title_colors else "black"
-            ax.set_title(str(titles[i]), fontsize=8, color=color)
+            ax.set_title(titles[i], fontsize=title_size, color=color, linespacing=1.1, pad=3)
     if suptitle:
         fig.suptitle(suptitle)
     return fig
@@ -243,14 +320,23 @@ def _probabilities(model: nn.Module, x: Tensor, num_classes: int) -> Tensor:
     return logits.float().softmax(dim=1).cpu()
 
 
-def _pair_titles(classes: Sequence[str], true: Tensor, other: Tensor) -> list[str]:
-    return [f"{classes[t]} / {classes[o]}" for t, o in zip(true.tolist(), other.tolist(), strict=True)]
+def _pair_titles(
+    classes: Sequence[str], true: Tensor, other: Tensor, probability: Tensor | None = None
+) -> list[str]:
+    """Short titles that fit a panel: the class alone where `other` (a predicted class) is the true one,
+    else `other` (with its probability) above "(true: class)"."""
+    shares = [None] * len(true) if probability is None else probability.tolist()
+    titles = []
+    for t, o, share in zip(true.tolist(), other.tolist(), shares, strict=True):
+        guess = classes[o] if share is None else f"{classes[o]} ({share:.0%})"
+        titles.append(guess if t == o else f"{guess}\n(true: {classes[t]})")
+    return titles
 
 
 @plt.rc_context(_STYLE)
 def show_predictions(model: nn.Module, data: Any, n: int = 24, ncols: int = 8, seed: int = 0) -> Figure:
-    """A grid of `n` test images titled "true / predicted", mistakes in red; drawn at random (fixed
-    by `seed`) from the first few test batches."""
+    """A grid of `n` test images titled by the predicted class; a mistake in red, with "(true: class)"
+    below. Drawn at random (fixed by `seed`) from the first few test batches; `ncols` at most per row."""
     if n < 1:
         raise InputShapeError(f"n must be at least 1, got {n}.")
     images, labels = [], []
@@ -265,15 +351,17 @@ def show_predictions(model: nn.Module, data: Any, n: int = 24, ncols: int = 8, s
     with evaluating(model):
         predicted = _probabilities(model, images, len(data.classes)).argmax(dim=1)
     wrong = (predicted != labels).tolist()
-    suptitle = f"Test predictions (true / predicted): {sum(wrong)} of {len(wrong)} wrong"
+    suptitle = f"Test predictions, {sum(wrong)} of {len(wrong)} wrong (in red, with the true class below)"
     titles = _pair_titles(data.classes, labels, predicted)
-    return _image_grid(_to_hwc(data.denormalize(images)), ncols, titles, mistakes=wrong, suptitle=suptitle)
+    images = _to_hwc(data.denormalize(images))
+    return _image_grid(images, ncols, titles, mistakes=wrong, suptitle=suptitle, title_size=7.5)
 
 
 @plt.rc_context(_STYLE)
 def show_most_confused(model: nn.Module, data: Any, n: int = 16) -> Figure:
     """The `n` test images with the highest probability on a wrong class, most confused first, titled
-    "true / most likely wrong class" and that probability. Runs the model over the whole test set."""
+    "wrong class (its probability)" above "(true: class)", in red where it is the prediction. Runs the
+    model over the whole test set."""
     if n < 1:
         raise InputShapeError(f"n must be at least 1, got {n}.")
     kept = None  # the n most confused so far: images, labels, score, confused class, predicted class
@@ -289,11 +377,13 @@ def show_most_confused(model: nn.Module, data: Any, n: int = 16) -> Figure:
             top = batch[2].topk(min(n, len(batch[2]))).indices
             kept = [values[top] for values in batch]
     images, labels, score, confused, predicted = kept
-    pairs = _pair_titles(data.classes, labels, confused)
-    titles = [f"{pair}\n{p:.0%}" for pair, p in zip(pairs, score.tolist(), strict=True)]
+    titles = _pair_titles(data.classes, labels, confused, score)
     wrong = (predicted != labels).tolist()
-    suptitle = "Most confused test images: true / most likely wrong class (its probability)"
-    return _image_grid(_to_hwc(data.denormalize(images)), 8, titles, mistakes=wrong, suptitle=suptitle)
+    suptitle = (
+        "Most confused test images: the most likely wrong class (its probability), the true class below"
+    )
+    images = _to_hwc(data.denormalize(images))
+    return _image_grid(images, 8, titles, mistakes=wrong, suptitle=suptitle, title_size=7.5)
 
 
 def confusion_matrix(preds: Any, labels: Any, num_classes: int) -> Tensor:
@@ -373,10 +463,18 @@ def show_filters(model_or_conv: nn.Module, max_filters: int = 64) -> Figure:
     return _numbered_grid(shown, suptitle, **scale)
 
 
-def _numbered_grid(panels: Tensor, suptitle: str, **style: Any) -> Figure:
-    """One numbered panel per filter or channel, eight to a row."""
-    titles = [str(i) for i in range(len(panels))]
-    return _image_grid(list(panels.numpy()), ncols=8, titles=titles, suptitle=suptitle, **style)
+def _numbered_grid(
+    panels: Tensor, suptitle: str, titles: Sequence[str] | None = None, **style: Any
+) -> Figure:
+    """One panel per filter or channel, titled by its number or by `titles`: up to 32 in rows of at
+    most eight of the usual size, more in rows of sixteen small ones (96 make a figure about 10 x 4 in)."""
+    n = len(panels)
+    titles = [str(i) for i in range(n)] if titles is None else list(titles)
+    if n > 32:
+        layout = dict(ncols=16, cell=(0.62, 0.48), title_size=6.0)
+    else:
+        layout = dict(ncols=math.ceil(n / math.ceil(n / 8)))  # rows of equal length: 10 as 5 + 5
+    return _image_grid(list(panels.numpy()), titles=titles, suptitle=suptitle, **layout, **style)
 
 
 def _default_layer(ran: list[nn.Module]) -> nn.Module:
@@ -446,40 +544,138 @@ def show_feature_maps(
     image: Tensor,
     layer: str | nn.Module | None = None,
     max_maps: int = 32,
+    titles: Sequence[str] | None = None,
 ) -> Figure:
     """The feature maps of one layer (see feature_maps) for one normalised image (C, H, W), one panel
-    per channel, each on its own colour scale (yellow = high)."""
+    per channel, each on its own colour scale (yellow = high), titled by channel number or by `titles`,
+    one per map shown: e.g. `data.classes` for NiN's last block, whose maps are one per class."""
     name, maps = feature_maps(model, image, layer)
     shown = maps[:max_maps]
     channels, height, width = maps.shape
+    if titles is not None and len(titles) != len(shown):
+        raise ConfigError(
+            f"Got {len(titles)} titles for the {len(shown)} feature maps shown of layer '{name}' (it has "
+            f"{channels} channels, max_maps={max_maps}): give one title per map shown, or titles=None."
+        )
     suptitle = (
         f"Feature maps of layer '{name}' ({type(model.get_submodule(name)).__name__}): "
         f"{len(shown)} of {channels} channels, {height}×{width}"
     )
-    return _numbered_grid(shown, suptitle, cmap="viridis", vmin=None, vmax=None)
+    return _numbered_grid(shown, suptitle, titles, cmap="viridis", vmin=None, vmax=None)
+
+
+def _label_boxes(
+    ax: Axes, points: Sequence[tuple[float, float]], sizes: Sequence[tuple[float, float]], avoid: list[Bbox]
+) -> list[tuple[float, float, str]]:
+    """Where to write a label of (width, height) pixels beside each point of `ax`: (x offset, y offset)
+    in points, and the side. Greedy, from the points farthest above or below the middle of the axes
+    inwards: the first of beside the point, one line further in, one line out, two in, ... that overlaps
+    no label placed before, no box of `avoid` and not the axes' edge; else the one overlapping least.
+    So a cluster's labels keep the order of its points. Run once the layout is final."""
+    px_per_pt = ax.figure.dpi / 72
+    frame = ax.get_window_extent()
+    gap, middle = 6 * px_per_pt, frame.y0 + frame.height / 2
+    shown = ax.transData.transform(points)
+    order = sorted(range(len(points)), key=lambda i: (-abs(shown[i][1] - middle), shown[i][0]))
+    placed: dict[int, tuple[float, float, str]] = {}
+    for i in order:
+        (x, y), (width, height) = shown[i], sizes[i]
+        inward = 1 if y < middle else -1
+        steps = [0] + [sign * inward * k for k in range(1, 8) for sign in (1, -1)]
+        sides = ("left", "right") if x > frame.x0 + 0.65 * frame.width else ("right", "left")  # stay inside
+        best = None
+        for side in sides:
+            for k in steps:
+                dy = k * (height + 1)
+                x0 = x + gap if side == "right" else x - gap - width
+                box = Bbox.from_bounds(x0, y + dy - height / 2, width, height)
+                cost = 10 * sum(_overlap(box, other) for other in avoid)  # worse than leaving the axes
+                cost += width * height - _overlap(box, frame)  # the part outside the axes
+                if best is None or cost < best[0]:
+                    best = (cost, box, (x0 - x) / px_per_pt, dy / px_per_pt, side)
+                if cost == 0:
+                    break
+            if best[0] == 0:
+                break
+        avoid.append(best[1])
+        placed[i] = best[2:]
+    return [placed[i] for i in range(len(points))]
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    """The area two boxes share (0 when apart or just touching)."""
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
+
+
+def _name_points(ax: Axes, points: Sequence[tuple[float, float]], names: Sequence[str]) -> None:
+    """Write each name beside its point so that no two names overlap (see _label_boxes), with a thin
+    line to the point when a name had to move up or down."""
+    if not points:
+        return
+    px_per_pt = ax.figure.dpi / 72
+    sizes = []
+    for name in names:  # measured once, then placed
+        probe = ax.annotate(name, (0.5, 0.5), xycoords="axes fraction", fontsize=9)
+        box = probe.get_window_extent()
+        sizes.append((box.width, box.height))
+        probe.remove()
+    avoid = [text.get_window_extent() for text in ax.texts]  # e.g. the chance line's label
+    half = 4.5 * px_per_pt  # around each marker
+    avoid += [
+        Bbox.from_extents(x - half, y - half, x + half, y + half) for x, y in ax.transData.transform(points)
+    ]
+    offsets = _label_boxes(ax, points, sizes, avoid)
+    for point, name, (dx, dy, side) in zip(points, names, offsets, strict=True):
+        leader = None
+        if dy:
+            relpos = (0.0, 0.5) if side == "right" else (1.0, 0.5)
+            leader = dict(arrowstyle="-", color="0.4", linewidth=0.7, shrinkA=0, shrinkB=3, relpos=relpos)
+        label = ax.annotate(
+            name, point, xytext=(dx, dy), textcoords="offset points", ha="left", va="center",
+            fontsize=9, arrowprops=leader, annotation_clip=False, bbox=_BEHIND_TEXT,
+        )  # fmt: skip
+        label.set_in_layout(False)  # placed for this layout: it must not change it
 
 
 @plt.rc_context(_STYLE)
-def plot_comparison(comparison: Any) -> Figure:
+def plot_comparison(comparison: Any, chance: float | None = 0.1) -> Figure:
     """Test accuracy of each model in a `d2lcnn.compare.Comparison` against FLOPs per image (log
-    scale) and against training seconds, each point labelled with its model's name."""
-    fig = _new_figure(10, 4)
-    done = [r for r in comparison.rows if r.test_acc is not None]
+    scale) and against training seconds, each point named by its model, the names moved apart where
+    points are close. A dotted line marks `chance` accuracy (10 classes: 10%; None: no line); models
+    that failed are left out, and named below the panels."""
+    done = [r for r in comparison.rows if r.test_acc is not None and not r.error]
+    left_out = [r.model for r in comparison.rows if r.test_acc is None or r.error]
+    accuracies = [100 * r.test_acc for r in done] + ([100 * chance] if chance is not None else [])
+    low = max(0.0, math.floor(min(accuracies, default=0.0) / 5) * 5 - 5)  # below the lowest shown
+    high = min(100.0, max(accuracies, default=95.0) + 5)
+    fig = _new_figure(10, 4.4 if left_out else 4)
     panels = [
         ("flops", "FLOPs per image (forward pass)", "log"),
         ("train_seconds", "training seconds", "linear"),
     ]
-    for ax, (key, label, scale) in zip(fig.subplots(1, 2), panels, strict=True):
-        xs = [getattr(r, key) for r in done]
-        ys = [100 * r.test_acc for r in done]
-        ax.scatter(xs, ys, color="tab:blue", zorder=3)
-        for r, x, y in zip(done, xs, ys, strict=True):
-            ax.annotate(r.model, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=9)
-        ax.set(xscale=scale, xlabel=label, ylabel="test accuracy (%)")
-        if not done:
+    axes = fig.subplots(1, 2)
+    shown = []
+    for ax, (key, label, scale) in zip(axes, panels, strict=True):
+        rows = [r for r in done if getattr(r, key) is not None]
+        points = [(getattr(r, key), 100 * r.test_acc) for r in rows]
+        if points:
+            ax.scatter(*zip(*points), color="tab:blue", zorder=3, clip_on=False)
+        ax.set(xscale=scale, xlabel=label, ylabel="test accuracy (%)", ylim=(low, high))
+        ax.margins(x=0.1)
+        if chance is not None:
+            ax.axhline(100 * chance, color="0.4", linestyle=":", linewidth=1.2, zorder=1)
+            ax.annotate(f"chance ({chance:.0%})", (0.01, 100 * chance), xycoords=ax.get_yaxis_transform(),
+                        xytext=(2, 2), textcoords="offset points", fontsize=8, color="0.4")  # fmt: skip
+        if not points:
             ax.text(0.5, 0.5, "no model finished", ha="center", va="center", transform=ax.transAxes)
+        shown.append((ax, points, [r.model for r in rows]))
     setup = f"{comparison.device}, {comparison.precision}"
     fig.suptitle(f"{comparison.dataset}: about {comparison.budget:g} s of training per model ({setup})")
+    if left_out:
+        fig.supxlabel(f"Not shown (failed or no result): {', '.join(left_out)}", fontsize=9, color="0.4")
+    fig.draw_without_rendering()  # the final layout, so that the names are placed where they will be
+    for ax, points, names in shown:
+        _name_points(ax, points, names)
     return fig
 
 

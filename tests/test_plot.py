@@ -13,16 +13,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 from torch import nn
 
 from d2lcnn import plot
 from d2lcnn.compare import Comparison, Row
-from d2lcnn.errors import CorruptDataError, InputShapeError, UnknownNameError
+from d2lcnn.errors import ConfigError, CorruptDataError, InputShapeError, UnknownNameError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["zero", "one", "two", "three"]
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+           "Ankle boot"]  # fmt: skip
 
 
 @dataclass
@@ -77,6 +83,34 @@ def titles(fig: Figure) -> list[str]:
 
 def images_of(fig: Figure) -> list[np.ndarray]:
     return [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images]
+
+
+def render(fig: Figure) -> None:
+    """Draw the figure with the Agg canvas, as savefig to PNG does: the layout and every text's box are
+    then final. (A figure closed in pyplot keeps a canvas whose draw() does nothing.)"""
+    FigureCanvasAgg(fig).draw()
+
+
+def overlap(a: Bbox, b: Bbox, slack: float = 0.5) -> bool:
+    """Two drawn boxes share more than a sliver (in pixels)."""
+    return min(a.x1, b.x1) - max(a.x0, b.x0) > slack and min(a.y1, b.y1) - max(a.y0, b.y0) > slack
+
+
+def assert_titles_apart(fig: Figure) -> None:
+    """Rendered: no panel title overlaps another title, another panel or the figure's title, and
+    every title is inside the figure."""
+    render(fig)
+    boxes = [ax.title.get_window_extent() for ax in fig.axes]
+    panels = [ax.get_window_extent() for ax in fig.axes]
+    top = fig._suptitle.get_window_extent() if fig._suptitle else None
+    for i, box in enumerate(boxes):
+        name = repr(fig.axes[i].get_title())
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1, name
+        assert top is None or not overlap(box, top), name
+        for j, (other, panel) in enumerate(zip(boxes, panels, strict=True)):
+            if j != i:
+                assert not overlap(box, other), f"{name} overlaps {fig.axes[j].get_title()!r}"
+                assert not overlap(box, panel), f"{name} overlaps panel {j}"
 
 
 # ----------------------------------------------------------------------------- fake data and model
@@ -198,6 +232,45 @@ def test_plot_history_bad_input_errors():
         plot.plot_history([make_history()] * 3, labels=["a", "b"])
 
 
+def spiky_history(num_epochs: int = 6) -> FakeHistory:
+    """The test loss of the first epoch is 38.7, twenty times the others."""
+    history = make_history(num_epochs)
+    history.epochs[0].test_loss = 38.7
+    return history
+
+
+def test_plot_history_loss_ylim_marks_points_beyond_it():
+    fig = plot.plot_history(spiky_history(), loss_ylim=(0, 2.5))
+    loss_ax, acc_ax = fig.axes
+    assert loss_ax.get_ylim() == (0, 2.5)
+    assert acc_ax.get_ylim()[1] < 1.5 and not acc_ax.texts  # the accuracy is left alone
+    test_line = next(line for line in loss_ax.lines if line.get_label() == "test")
+    marks = [line for line in loss_ax.lines if line.get_marker() == "^"]
+    assert len(marks) == 1 and marks[0].get_color() == test_line.get_color()
+    assert [t.get_text() for t in loss_ax.texts] == ["38.7 ↑"]
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["train", "test"]
+    render(fig)
+    frame = loss_ax.get_window_extent()
+    x, y = marks[0].get_transform().transform((1, 1.0))  # epoch 1, on the top edge
+    assert y == pytest.approx(frame.y1, abs=1) and frame.x0 < x < frame.x1
+    label = loss_ax.texts[0].get_window_extent()
+    assert frame.x0 <= label.x0 and label.x1 <= frame.x1 and frame.y0 <= label.y0 and label.y1 <= frame.y1
+    # below the axis too: each point under 0.5 gets a mark on the bottom edge and its value
+    low = plot.plot_history(spiky_history(), metrics="loss", loss_ylim=(0.5, 2.5)).axes[0]
+    under = [e for e in spiky_history().epochs for v in (e.train_loss, e.test_loss) if v < 0.5]
+    assert len([line for line in low.lines if line.get_marker() == "v"]) == len(under) > 0
+    assert sum(t.get_text().endswith("↓") for t in low.texts) == len(under)
+
+
+def test_plot_history_without_loss_ylim_shows_the_spike_and_checks_the_limits():
+    ax = plot.plot_history(spiky_history()).axes[0]
+    assert ax.get_ylim()[1] > 38.7 and not ax.texts
+    assert {line.get_label() for line in ax.lines} == {"train", "test"}
+    for bad in ((2.5, 0), (1.0,), ("0", 2), (0, float("nan")), 3.0):
+        with pytest.raises(ConfigError, match="loss_ylim must be"):
+            plot.plot_history(spiky_history(), loss_ylim=bad)
+
+
 # ----------------------------------------------------------------------------- image grids
 
 
@@ -239,7 +312,8 @@ def test_show_predictions_marks_mistakes_in_red():
     fig = plot.show_predictions(model, FakeData(), n=24)
     assert model.training  # the model's own mode is given back
     assert len(fig.axes) == len(LABELS)  # fewer test images than n: all are shown
-    expected = [f"{CLASSES[y]} / {CLASSES[h]}" for y, h in zip(LABELS, HOT, strict=True)]
+    # right: the class alone; wrong: the prediction above "(true: class)"
+    expected = [CLASSES[h] if y == h else f"{CLASSES[h]}\n(true: {CLASSES[y]})" for y, h in zip(LABELS, HOT)]
     assert titles(fig) == expected
     red = to_rgba(plot._MISTAKE_COLOR)
     for i, ax in enumerate(fig.axes):
@@ -268,12 +342,55 @@ def test_show_most_confused_ranks_by_wrong_class_probability():
     fig = plot.show_most_confused(reading_model(), FakeData(), n=len(WRONG))
     # the mistakes, surest first: position 6 (heat 1.0), then 4 (0.2), then 9 (-0.5)
     order = [6, 4, 9]
-    pairs = [title.split("\n")[0] for title in titles(fig)]
-    assert pairs == [f"{CLASSES[LABELS[i]]} / {CLASSES[HOT[i]]}" for i in order]
-    percents = [float(title.split("\n")[1].rstrip("%")) for title in titles(fig)]
+    # "wrong class (its probability)" above "(true: class)"
+    lines = [title.split("\n") for title in titles(fig)]
+    assert [second for _, second in lines] == [f"(true: {CLASSES[LABELS[i]]})" for i in order]
+    assert [first.split(" (")[0] for first, _ in lines] == [CLASSES[HOT[i]] for i in order]
+    percents = [float(first.split(" (")[1].rstrip("%)")) for first, _ in lines]
     assert percents == sorted(percents, reverse=True) and percents[0] > 90
     assert all(to_rgba(ax.title.get_color()) == to_rgba(plot._MISTAKE_COLOR) for ax in fig.axes)
     np.testing.assert_allclose(images_of(fig)[0], (make_images()[6, 0] * 0.5 + 0.5).numpy())
+
+
+class LitPixelReader(nn.Module):
+    """Predicts the class whose pixel is lit in the first row of channel 0 (a model without weights)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 6 * x[:, 0, 0, :10]
+
+
+class LongNamesData:
+    """24 CIFAR- or Fashion-MNIST-like test images of the three longest class names, predicted as
+    another of them two times out of three by LitPixelReader."""
+
+    def __init__(self, classes: list[str], channels: int = 3, side: int = 32) -> None:
+        longest = sorted(range(len(classes)), key=lambda k: -len(classes[k]))[:3]
+        labels = [longest[i % 3] for i in range(24)]
+        self.predicted = [longest[(i + (i % 3 != 0)) % 3] for i in range(24)]
+        x = -torch.ones(24, channels, side, side)
+        for i, k in enumerate(self.predicted):
+            x[i, 0, 0, k] = 1.0
+        y = torch.tensor(labels)
+        self.test = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 24, 8)]
+        self.classes = list(classes)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * 0.5 + 0.5).clamp(0, 1).cpu()
+
+
+@pytest.mark.parametrize(("classes", "channels", "side"), [(CIFAR10, 3, 32), (FASHION, 1, 28)])
+def test_prediction_titles_fit_their_panels_with_long_class_names(classes, channels, side):
+    data = LongNamesData(classes, channels, side)
+    fig = plot.show_predictions(LitPixelReader(), data)
+    shown = titles(fig)
+    assert len(shown) == 24 and sum("\n(true: " in title for title in shown) == 16
+    assert "automobile" in shown or "T-shirt/top" in shown  # the right ones: the class alone
+    assert fig.get_size_inches()[0] <= 10.5
+    assert_titles_apart(fig)
+    confused = plot.show_most_confused(LitPixelReader(), data, n=16)
+    assert all(title.count("\n") == 1 and "%)" in title for title in titles(confused))
+    assert confused.get_size_inches()[0] <= 10.5
+    assert_titles_apart(confused)
 
 
 # ----------------------------------------------------------------------------- confusion matrix
@@ -333,6 +450,21 @@ def test_show_filters_rgb_and_no_conv():
         plot.show_filters(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
 
 
+def test_show_filters_many_in_a_compact_wide_grid():
+    torch.manual_seed(0)
+    fig = plot.show_filters(nn.Conv2d(3, 96, 11), max_filters=96)  # AlexNet's first layer
+    assert len(fig.axes) == 96 and titles(fig) == [str(i) for i in range(96)]
+    width, height = fig.get_size_inches()
+    assert 9 <= width <= 10.5 and height <= 4.5
+    assert fig.axes[16].get_subplotspec().rowspan.start == 1  # sixteen to a row
+    assert_titles_apart(fig)
+    assert fig.axes[0].get_window_extent().height / fig.dpi >= 0.4  # each filter still about half an inch
+    lenet = plot.show_filters(nn.Conv2d(1, 6, 5))  # LeNet's six: one row of the usual size
+    assert lenet.get_size_inches()[1] <= 2.5
+    render(lenet)
+    assert all(ax.get_window_extent().width / lenet.dpi >= 1.0 for ax in lenet.axes)
+
+
 def small_convnet() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
@@ -383,7 +515,29 @@ def test_show_feature_maps_panels_and_errors():
         plot.show_feature_maps(model, image, layer=nn.ReLU())
 
 
+def test_show_feature_maps_titles_name_the_maps():
+    torch.manual_seed(0)
+    # like NiN's last block: one map per class before the global average pooling
+    model = nn.Sequential(nn.Conv2d(3, 10, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    image = torch.randn(3, 12, 12)
+    assert titles(plot.show_feature_maps(model, image, max_maps=4)) == ["0", "1", "2", "3"]
+    fig = plot.show_feature_maps(model, image, layer="1", titles=CIFAR10)
+    assert titles(fig) == CIFAR10
+    assert fig.axes[5].get_subplotspec().rowspan.start == 1  # ten maps as two rows of five
+    assert_titles_apart(fig)
+    assert titles(plot.show_feature_maps(model, image, max_maps=3, titles=CIFAR10[:3])) == CIFAR10[:3]
+    with pytest.raises(ConfigError, match="10 titles for the 4 feature maps shown.*10 channels"):
+        plot.show_feature_maps(model, image, max_maps=4, titles=CIFAR10)
+    with pytest.raises(ConfigError, match="9 titles for the 10 feature maps shown"):
+        plot.show_feature_maps(model, image, titles=CIFAR10[:9])
+
+
 # ----------------------------------------------------------------------------- comparison
+
+
+def names_in(ax) -> list[str]:
+    """The texts of a comparison panel that name models (not the chance line's label)."""
+    return [t.get_text() for t in ax.texts if not t.get_text().startswith("chance")]
 
 
 def make_comparison(rows: list) -> Comparison:
@@ -404,13 +558,47 @@ def test_plot_comparison_shows_accuracy_against_flops_and_seconds():
     flops_ax, seconds_ax = fig.axes
     assert flops_ax.get_xscale() == "log" and seconds_ax.get_xscale() == "linear"
     for ax, xs in ((flops_ax, [800_000, 1_900_000_000]), (seconds_ax, [9.8, 10.4])):
-        assert [t.get_text() for t in ax.texts] == ["lenet", "alexnet"]  # the failed model has no point
+        assert names_in(ax) == ["lenet", "alexnet"]  # the failed model has no point
         points = ax.collections[0].get_offsets()
         assert np.allclose(points, [[xs[0], 71.0], [xs[1], 42.0]])
     assert "mnist" in fig._suptitle.get_text() and "10 s" in fig._suptitle.get_text()
     assert png_bytes(fig).startswith(PNG_MAGIC)
     empty = plot.plot_comparison(make_comparison(rows[2:]))
     assert all("no model finished" in [t.get_text() for t in ax.texts] for ax in empty.axes)
+
+
+def test_plot_comparison_names_close_points_legibly():
+    done = dict(input_size=28, options={}, optimizer="sgd", lr=0.1, batch_size=128)
+    points = [  # four LeNets almost on one spot, three models close together, two near chance
+        ("lenet", 420_000, 20.1, 0.80), ("lenet_bn", 430_000, 20.3, 0.805),
+        ("lenet_modern", 450_000, 20.2, 0.81), ("lenet_wide", 440_000, 20.15, 0.795),
+        ("alexnet", 9.4e8, 21.5, 0.42), ("googlenet", 1.5e9, 23.0, 0.35), ("resnet18", 1.8e9, 22.8, 0.36),
+        ("nin", 7.7e8, 22.0, 0.11), ("vgg11", 7.6e9, 24.0, 0.10),
+    ]  # fmt: skip
+    rows = [Row(name, **done, flops=f, train_seconds=t, test_acc=a) for name, f, t, a in points]
+    rows.append(Row("densenet", **done, error="the process was killed by SIGKILL (out of memory?)"))
+    fig = plot.plot_comparison(make_comparison(rows))
+    assert "densenet" in fig.get_supxlabel()  # the failed model is named, not drawn
+    for dpi in (100, 200):  # the names are placed in points: apart at any resolution
+        fig.set_dpi(dpi)
+        render(fig)
+        for ax in fig.axes:
+            assert sorted(names_in(ax)) == sorted(name for name, *_ in points)
+            # the text alone: an Annotation's own extent includes its leader line to the point
+            labels = [Text.get_window_extent(t) for t in ax.texts if t.get_text() in names_in(ax)]
+            chance = next(t for t in ax.texts if t.get_text() == "chance (10%)").get_window_extent()
+            centres = ax.transData.transform(ax.collections[0].get_offsets())
+            for i, box in enumerate(labels):
+                assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, names_in(ax)[i]
+                assert not overlap(box, chance), names_in(ax)[i]
+                assert not any(box.contains(x, y) for x, y in centres), names_in(ax)[i]
+                for j in range(i):
+                    assert not overlap(box, labels[j]), (names_in(ax)[i], names_in(ax)[j])
+    for ax in fig.axes:
+        bottom, top = ax.get_ylim()
+        assert bottom < 10 and top > 81  # below the lowest accuracy and chance, above the highest
+        dotted = [line for line in ax.lines if line.get_linestyle() == ":"]
+        assert len(dotted) == 1 and list(dotted[0].get_ydata()) == [10, 10]
 
 
 # ----------------------------------------------------------------------------- LivePlot
