@@ -25,6 +25,7 @@ from d2lcnn.files import atomic_write, make_folder, write_json
 from d2lcnn.models import create, list_models, model_doc
 from d2lcnn.runtime import PRECISIONS, pick_device
 from d2lcnn.settings import OPTIMIZERS, Recipe, Settings, recipe_for
+from d2lcnn.show import init_weights
 from d2lcnn.trace import trace
 from d2lcnn.train import fit, predict
 
@@ -253,7 +254,7 @@ def _train(args: argparse.Namespace) -> int:
     data, recipe = _train_data(args, recipe, input_size)
     options = _options_for(data, options)
     torch.manual_seed(recipe.settings.seed)  # the initial weights too come from --seed
-    model = create(args.model, **options)
+    model = init_weights(create(args.model, **options), recipe.init)
     made = make_folder(out, f"Choose a folder you can write to instead of --out {out}.")
     sizes = f"{data.train.num_examples:,} train / {data.test.num_examples:,} test images"
     print(f"Training {args.model} on {data.name} ({sizes}) -> {out}")

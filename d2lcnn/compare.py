@@ -23,7 +23,7 @@ from d2lcnn.files import read_json, write_json
 from d2lcnn.models import create, list_models
 from d2lcnn.runtime import Runtime, pick_device, pick_precision, seed_everything
 from d2lcnn.settings import Recipe, Settings, recipe_for
-from d2lcnn.show import Table
+from d2lcnn.show import Table, init_weights
 from d2lcnn.trace import trace
 from d2lcnn.train import evaluate, make_optimizer, make_schedule, train_epoch
 from d2lcnn.worker import memory_mb, run_in_process
@@ -52,6 +52,7 @@ class Row:
     lr: float
     batch_size: int
     note: str = ""
+    init: str = "default"  # the recipe's initial weights (d2lcnn.show.init_weights)
     params: int | None = None
     flops: int | None = None  # of one forward pass of one image
     steps: int | None = None  # optimizer steps taken within the budget
@@ -156,7 +157,8 @@ def _settings_table(rows: Sequence[Row], in_channels: int, caption: str | None =
     body = []
     for r in rows:
         options = ", ".join(f"{k}={v}" for k, v in r.options.items()) or "-"
-        training = f"{r.optimizer}, lr {r.lr:g}, batch {r.batch_size}"
+        initial = "" if r.init == "default" else f", {r.init} init"
+        training = f"{r.optimizer}, lr {r.lr:g}, batch {r.batch_size}{initial}"
         size = f"{in_channels}x{r.input_size}x{r.input_size}"
         body.append([r.model, size, options, training, r.note or "-"])
     return Table(SETTINGS_COLUMNS, body, align=SETTINGS_ALIGN, caption=caption)
@@ -258,7 +260,7 @@ def _planned_row(name: str, recipe: Recipe) -> Row:
         model = create(name, **recipe.model_options)
     return Row(model=name, input_size=recipe.resize or model.input_size, options=dict(recipe.model_options),
                optimizer=recipe.settings.optimizer, lr=recipe.settings.lr, batch_size=recipe.batch_size,
-               note=recipe.note)  # fmt: skip
+               note=recipe.note, init=recipe.init)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- inside a model's process
@@ -345,7 +347,7 @@ def measure(spec: dict) -> dict:
 
     def build() -> nn.Module:
         seed_everything(settings.seed)  # the same initial weights every time
-        return create(spec["model"], **options)
+        return init_weights(create(spec["model"], **options), spec["init"])
 
     # One step of a throwaway copy allocates the memory and picks the kernels: not counted.
     _, _, warmup = _train_for(build(), data.train, settings, seconds=0)

@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 
 from d2lcnn.errors import ConfigError, is_int, is_number, unknown_name
+from d2lcnn.show import INITS
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "triangle", "constant")
@@ -107,6 +108,7 @@ class Recipe:
     pad: int | None = None  # augment's random shifts, up to this many pixels (None: the dataset's own)
     model_options: dict = field(default_factory=dict)
     note: str = ""  # how this differs from d2l's chapter on the model
+    init: str = "default"  # the initial weights: a kind of d2lcnn.show.init_weights (default: PyTorch's)
 
     def with_overrides(self, **changes) -> Recipe:
         """A copy with the given recipe fields or settings replaced; None values are ignored."""
@@ -121,14 +123,16 @@ class Recipe:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}.")
         if recipe.pad is not None and not (is_int(recipe.pad) and recipe.pad >= 0):
             raise ConfigError(f"pad must be a whole number of pixels >= 0, got {recipe.pad!r}.")
+        if recipe.init not in INITS:
+            raise unknown_name("initialisation", recipe.init, INITS)
         return recipe
 
 
 def _recipe(dataset: str, *, batch_size: int = 256, augment: bool = False, resize: int | None = None,
             pad: int | None = None, model_options: dict | None = None, note: str = "",
-            **settings) -> Recipe:  # fmt: skip
+            init: str = "default", **settings) -> Recipe:  # fmt: skip
     return Recipe(
-        dataset, Settings(**settings), batch_size, augment, resize, pad, dict(model_options or {}), note
+        dataset, Settings(**settings), batch_size, augment, resize, pad, dict(model_options or {}), note, init
     )
 
 
@@ -168,7 +172,9 @@ RECIPES: dict[str, Recipe] = {
         note="not in d2l: ReLU, max pooling and batch norm",
     ),  # fmt: skip
     # d2l's AlexNet chapter: Fashion-MNIST resized to 224.
-    "alexnet": _recipe("fashion_mnist", epochs=10, lr=0.01, batch_size=128, resize=224, note="as in d2l"),
+    "alexnet": _recipe(
+        "fashion_mnist", epochs=10, lr=0.01, batch_size=128, resize=224, init="xavier", note="as in d2l"
+    ),
     # The second source trains on STL-10 at 227 px.
     "alexnet_paper": _recipe("stl10", epochs=30, lr=0.01, batch_size=128, resize=227, augment=True),
     "vgg11": _VGG_CIFAR,
@@ -178,8 +184,13 @@ RECIPES: dict[str, Recipe] = {
     "resnet18": _RESNET_CIFAR,
     "resnet34": _RESNET_CIFAR,
     # d2l's chapters on NiN, GoogLeNet, batch norm and DenseNet, all on Fashion-MNIST.
-    "nin": _recipe("fashion_mnist", epochs=10, lr=0.05, batch_size=128, resize=224, note="as in d2l"),
-    "googlenet": _recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=128, resize=96, note="as in d2l"),
+    # NiN and GoogLeNet stay at chance for long from PyTorch's initialisation (chapters 6 and 7).
+    "nin": _recipe(
+        "fashion_mnist", epochs=10, lr=0.05, batch_size=128, resize=224, init="kaiming", note="d2l: Xavier"
+    ),
+    "googlenet": _recipe(
+        "fashion_mnist", epochs=10, lr=0.1, batch_size=128, resize=96, init="kaiming", note="d2l: Xavier"
+    ),
     "lenet_bn": _recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=256, note="as in d2l"),
     "densenet": _recipe("fashion_mnist", epochs=10, lr=0.1, batch_size=256, resize=96, note="as in d2l"),
     "fast_vgg": _FAST_CIFAR.with_overrides(note="not in d2l: VGG with a modern recipe"),

@@ -301,3 +301,15 @@ def test_planned_settings_show_the_recipes_a_comparison_will_use():
     nin, lenet = (next(line for line in planned.splitlines() if f"| {m} " in line) for m in ("nin", "lenet"))
     assert "3x64x64" in nin and "width=0.5" in nin
     assert "3x28x28" in lenet  # no recipe given: its own
+
+
+def test_recipes_carry_the_initialisation_their_chapters_use_and_the_comparison_applies_it():
+    assert (recipe_for("alexnet").init, recipe_for("nin").init, recipe_for("lenet").init) == (
+        "xavier", "kaiming", "default"
+    )  # fmt: skip
+    with pytest.raises(UnknownNameError, match="kaiming"):
+        recipe_for("nin").with_overrides(init="he")
+    planned = cmp.planned_settings_table(["alexnet", "lenet"])
+    assert "xavier init" in planned.rows[0][3] and "init" not in planned.rows[1][3]
+    row = cmp._planned_row("nin", recipe_for("nin"))
+    assert row.init == "kaiming"  # measure() builds the model with init_weights(model, row.init)
