@@ -639,9 +639,10 @@ def _name_points(ax: Axes, points: Sequence[tuple[float, float]], names: Sequenc
 
 @plt.rc_context(_STYLE)
 def plot_comparison(comparison: Any, chance: float | None = 0.1) -> Figure:
-    """Test accuracy of each model in a `d2lcnn.compare.Comparison` against FLOPs per image (log
-    scale) and against training seconds, each point named by its model, the names moved apart where
-    points are close. A dotted line marks `chance` accuracy (10 classes: 10%; None: no line); models
+    """Test accuracy of each model in a `d2lcnn.compare.Comparison` against FLOPs per image and
+    against the seconds one epoch takes (both log scale; with equal budgets, the time per pass over
+    the data is what differs), each point named by its model, the names moved apart where points
+    are close. A dotted line marks `chance` accuracy (10 classes: 10%; None: no line); models
     that failed are left out, and named below the panels."""
     done = [r for r in comparison.rows if r.test_acc is not None and not r.error]
     left_out = [r.model for r in comparison.rows if r.test_acc is None or r.error]
@@ -651,7 +652,7 @@ def plot_comparison(comparison: Any, chance: float | None = 0.1) -> Figure:
     fig = _new_figure(10, 4.4 if left_out else 4)
     panels = [
         ("flops", "FLOPs per image (forward pass)", "log"),
-        ("train_seconds", "training seconds", "linear"),
+        ("epoch_seconds", "seconds per epoch (one pass over the training set)", "log"),
     ]
     axes = fig.subplots(1, 2)
     shown = []

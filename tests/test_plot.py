@@ -550,14 +550,15 @@ def make_comparison(rows: list) -> Comparison:
 def test_plot_comparison_shows_accuracy_against_flops_and_seconds():
     done = dict(input_size=28, options={}, optimizer="sgd", lr=0.1, batch_size=128)
     rows = [
-        Row("lenet", **done, flops=800_000, train_seconds=9.8, test_acc=0.71),
-        Row("alexnet", **done, flops=1_900_000_000, train_seconds=10.4, test_acc=0.42),
+        Row("lenet", **done, flops=800_000, train_seconds=9.8, epoch_seconds=2.8, test_acc=0.71),
+        Row("alexnet", **done, flops=1_900_000_000, train_seconds=10.4, epoch_seconds=330.0, test_acc=0.42),
         Row("vgg11", **done, error="the process was killed by SIGKILL (out of memory?)"),
     ]
     fig = plot.plot_comparison(make_comparison(rows))
     flops_ax, seconds_ax = fig.axes
-    assert flops_ax.get_xscale() == "log" and seconds_ax.get_xscale() == "linear"
-    for ax, xs in ((flops_ax, [800_000, 1_900_000_000]), (seconds_ax, [9.8, 10.4])):
+    assert flops_ax.get_xscale() == "log" and seconds_ax.get_xscale() == "log"
+    assert "per epoch" in seconds_ax.get_xlabel()
+    for ax, xs in ((flops_ax, [800_000, 1_900_000_000]), (seconds_ax, [2.8, 330.0])):
         assert names_in(ax) == ["lenet", "alexnet"]  # the failed model has no point
         points = ax.collections[0].get_offsets()
         assert np.allclose(points, [[xs[0], 71.0], [xs[1], 42.0]])
@@ -575,7 +576,7 @@ def test_plot_comparison_names_close_points_legibly():
         ("alexnet", 9.4e8, 21.5, 0.42), ("googlenet", 1.5e9, 23.0, 0.35), ("resnet18", 1.8e9, 22.8, 0.36),
         ("nin", 7.7e8, 22.0, 0.11), ("vgg11", 7.6e9, 24.0, 0.10),
     ]  # fmt: skip
-    rows = [Row(name, **done, flops=f, train_seconds=t, test_acc=a) for name, f, t, a in points]
+    rows = [Row(name, **done, flops=f, epoch_seconds=t, test_acc=a) for name, f, t, a in points]
     rows.append(Row("densenet", **done, error="the process was killed by SIGKILL (out of memory?)"))
     fig = plot.plot_comparison(make_comparison(rows))
     assert "densenet" in fig.get_supxlabel()  # the failed model is named, not drawn
