@@ -23,7 +23,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
@@ -34,6 +33,7 @@ from torch import nn
 
 from d2lcnn.errors import ConfigError, is_int, unknown_name
 from d2lcnn.models.batchnorm import BatchNorm
+from d2lcnn.plot import new_figure
 from d2lcnn.runtime import model_name
 from d2lcnn.trace import Row, parse_shape, trace
 
@@ -390,8 +390,7 @@ def _layout(boxes: list[_Box], max_columns: int | None) -> tuple[list[_Place], f
 
 def _render(boxes: list[_Box], title: str, max_columns: int | None) -> Figure:
     places, scale, height = _layout(boxes, max_columns)
-    fig = plt.figure(figsize=(_WIDTH, height))
-    plt.close(fig)  # made through pyplot for a notebook's inline backend, closed so it shows once
+    fig = new_figure(_WIDTH, height, layout=None)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, _WIDTH)
     ax.set_ylim(height, 0)  # y grows downwards, like the rows

@@ -57,10 +57,11 @@ _EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "l
 _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.InstanceNorm2d)
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    """A figure of `width` x `height` inches that a notebook shows once, as the cell's result."""
     # Made through pyplot so a notebook's inline backend (and its PNG formatter) is loaded, then
     # closed so pyplot does not show it a second time at the end of the cell.
-    fig = plt.figure(figsize=(width, height), layout="constrained")
+    fig = plt.figure(figsize=(width, height), layout=layout)
     plt.close(fig)
     return fig
 
@@ -135,7 +136,7 @@ def plot_history(
         raise ConfigError(f"loss_ylim must be (low, high) with low < high, e.g. (0, 2.5), got {loss_ylim!r}.")
     runs = _runs(history, labels)
     if ax is None:
-        ax = _new_figure(4.6 * len(metrics), 3.4).subplots(1, len(metrics), squeeze=False)
+        ax = new_figure(4.6 * len(metrics), 3.4).subplots(1, len(metrics), squeeze=False)
     axes = list(np.ravel(ax))  # one Axes or an array of them
     if len(axes) != len(metrics):
         raise InputShapeError(
@@ -235,7 +236,7 @@ def _image_grid(
     column = max(cell[0], max((_text_inches(title, title_size) for title in titles), default=0.0) + 0.15)
     ncols = max(1, min(ncols, len(images), int(_MAX_WIDTH // column)))
     nrows = math.ceil(len(images) / ncols)
-    fig = _new_figure(ncols * column, nrows * (cell[1] + title_room) + (0.35 if suptitle else 0.0))
+    fig = new_figure(ncols * column, nrows * (cell[1] + title_room) + (0.35 if suptitle else 0.0))
     pad = min(3 / 72, 0.03 * cell[1])  # between panels: constrained layout's default, less for small ones
     fig.get_layout_engine().set(w_pad=pad, h_pad=pad, wspace=0.0, hspace=0.02 if lines else 0.0)
     imshow = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0} | imshow  # the colour map is ignored for RGB
@@ -414,7 +415,7 @@ def plot_confusion_matrix(preds: Any, labels: Any, classes: Sequence[str], norma
     counts = confusion_matrix(preds, labels, k).double()
     values = (counts / counts.sum(dim=1, keepdim=True).clamp(min=1) if normalize else counts).numpy()
     size = max(4.5, 0.5 * k + 2.5)
-    ax = _new_figure(size + 1.0, size).add_subplot()
+    ax = new_figure(size + 1.0, size).add_subplot()
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     ax.figure.colorbar(image, ax=ax, shrink=0.8, label="share of true class" if normalize else "count")
     ax.grid(False)
@@ -649,7 +650,7 @@ def plot_comparison(comparison: Any, chance: float | None = 0.1) -> Figure:
     accuracies = [100 * r.test_acc for r in done] + ([100 * chance] if chance is not None else [])
     low = max(0.0, math.floor(min(accuracies, default=0.0) / 5) * 5 - 5)  # below the lowest shown
     high = min(100.0, max(accuracies, default=95.0) + 5)
-    fig = _new_figure(10, 4.4 if left_out else 4)
+    fig = new_figure(10, 4.4 if left_out else 4)
     panels = [
         ("flops", "FLOPs per image (forward pass)", "log"),
         ("epoch_seconds", "seconds per epoch (one pass over the training set)", "log"),

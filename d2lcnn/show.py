@@ -99,6 +99,7 @@ class Table:
     1,000 on as whole numbers with separators), None as "-", anything else with str(); format a cell
     yourself to write it otherwise. `caption` goes above the table, each of `notes` below it. `indent`:
     for each row, how many levels to indent its first cell (e.g. a layer's depth in a model).
+    `css_class`: more HTML classes for the table's box (e.g. "d2lcnn-trace").
     """
 
     columns: Sequence[str]
@@ -107,6 +108,7 @@ class Table:
     caption: str | None = None
     notes: Sequence[str] = ()
     indent: Sequence[int] = ()
+    css_class: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.columns, str):
@@ -196,7 +198,8 @@ class Table:
             f'<p style="margin:0.3em 0 0; font-size:0.85em">{html.escape(n)}</p>' for n in self.notes
         )
         return (
-            f'<div class="d2lcnn-table" style="overflow-x:auto; max-width:100%">{caption}'
+            f'<div class="{" ".join(["d2lcnn-table", *self.css_class.split()])}" '
+            f'style="overflow-x:auto; max-width:100%">{caption}'
             f'<table style="border-collapse:collapse; margin:0"><thead>{header}</thead>'
             f"<tbody>{body}</tbody></table>{notes}</div>"
         )

@@ -65,6 +65,7 @@ class Trace:
             caption=f"{self.model_name}: input {_shape(self.input_shape)}",
             notes=self._totals(),
             indent=[row.depth - 1 for row in self.rows],
+            css_class="d2lcnn-trace",  # marks a shape trace among a chapter's outputs
         )
 
     def __str__(self) -> str:
@@ -73,10 +74,7 @@ class Trace:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        # The class d2lcnn-trace marks a shape trace among a chapter's outputs (tests/test_notebooks.py).
-        return (
-            self.table()._repr_html_().replace('class="d2lcnn-table"', 'class="d2lcnn-table d2lcnn-trace"', 1)
-        )
+        return self.table()._repr_html_()
 
 
 def parse_shape(shape: str | Sequence[int]) -> tuple[int, ...]:

@@ -163,3 +163,8 @@ def test_indent_pads_the_first_cell_in_html_and_text():
     assert "padding-left" not in styles[0] and "padding-left:1.95em" in styles[2]
     assert "padding-left" not in styles[3]  # only the first cell of a row
     assert "\n  features.0" in str(table) and "|   features.0 |" in table.to_markdown()
+
+
+def test_a_table_can_carry_more_html_classes():
+    html = Table(["a"], [[1]], css_class="d2lcnn-trace")._repr_html_()
+    assert html.startswith('<div class="d2lcnn-table d2lcnn-trace" style="overflow-x:auto')
