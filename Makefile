@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SHARED_DATA ?= ../shared/data
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: setup system-deps data book test lint notebooks bench bench-quick clean
+.PHONY: setup system-deps data book test lint notebooks classroom bench bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ test: setup data lint
 # Re-execute every chapter in place in the cpu profile (what the site shows); needs `make data`.
 notebooks: setup
 	$(PY) scripts/execute_notebooks.py
+
+# The classroom edition (otter-grader): for each chapter, the student notebook (solutions removed, answer
+# cells blank) and the autograder zip that grades it, in _build/classroom/<chapter>/.
+classroom: setup
+	$(PY) -m d2lcnn classroom notebooks/[0-9][0-9]_*.ipynb --out _build/classroom --overwrite
 
 # Speed: the d2l package's train_ch6 against d2lcnn.fit, side by side, and the fast CIFAR-10 recipes
 # (full mode: about 35 minutes on a quiet machine).

@@ -123,13 +123,29 @@ def build_parser() -> Parser:
     imp.add_argument("sources", nargs="+", type=Path, help="files or folders")
     imp.add_argument("--if-exists", action="store_true", help="skip sources that do not exist")
     actions.add_parser("list", help="datasets available in the data root")
+
+    room = commands.add_parser(
+        "classroom", help="student notebooks and autograders of chapters (otter-grader)"
+    )
+    room.add_argument(
+        "chapters", nargs="+", type=Path, help="chapter notebooks, e.g. notebooks/01_lenet.ipynb"
+    )
+    room.add_argument("--out", type=Path, default=Path("classroom"), help="output folder (default classroom)")
+    room.add_argument("--overwrite", action="store_true", help="replace chapters already in --out")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `d2lcnn` command; returns the exit code."""
     args = build_parser().parse_args(argv)
-    commands = {"train": _train, "trace": _trace, "models": _models, "compare": _compare, "data": _data}
+    commands = {
+        "train": _train,
+        "trace": _trace,
+        "models": _models,
+        "compare": _compare,
+        "data": _data,
+        "classroom": _classroom,
+    }
     return report_errors("d2lcnn", functools.partial(commands[args.command], args))
 
 
@@ -143,6 +159,15 @@ def report_errors(prog: str, command: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _classroom(args: argparse.Namespace) -> int:
+    from d2lcnn.classroom import autograder_zip, write_classroom
+
+    for folder in write_classroom(args.chapters, args.out, args.overwrite):
+        print(f"{folder.name}: student/{folder.name}.ipynb, autograder/{autograder_zip(folder).name}")
+    print(f"grade a notebook with: otter run -a {args.out}/<chapter>/autograder/<zip> <notebook>")
+    return 0
 
 
 def _models(args: argparse.Namespace) -> int:
