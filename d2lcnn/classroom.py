@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -37,6 +38,7 @@ EXERCISE = re.compile(r"^(`{3,})\{exercise\}[ \t]*(?P<title>[^\n]*)\n(?P<body>.*
 HINT = re.compile(r"^(`{3,})\{hint\}[^\n]*\n(?P<body>.*?)^\1[ \t]*$", re.S | re.M)
 SOLUTION = re.compile(r"^(`{3,})\{solution\}.*?^\1[ \t]*$", re.S | re.M)
 OPTION = re.compile(r"^:[\w-]+:.*$\n?", re.M)
+GPU = re.compile(r"^:class:.*\bgpu\b", re.M)  # an exercise whose full version wants a GPU
 TERM = re.compile(r"\{term\}`(?:([^`<]+?)\s*<[^`>]+>|([^`]+))`")
 INIT = 'import otter  # the grader (pip install otter-grader)\n\ngrader = otter.Notebook("{name}.ipynb")'
 PROMPT = '""" # BEGIN PROMPT\n{stub}\n""" # END PROMPT'
@@ -65,11 +67,24 @@ def exercise_label(cell: NotebookNode) -> str | None:
     return label.group(1) if label else None
 
 
-def split_exercises(
-    cells: list[NotebookNode],
-) -> list[NotebookNode | tuple[NotebookNode, list[NotebookNode]]]:
-    """The chapter's cells, with each exercise grouped as (exercise cell, its solution's cells)."""
-    items: list = []
+@dataclass
+class Exercise:
+    """One exercise of a chapter: its markdown cell, the cells between it and its solution that belong to
+    the prompt (a cell the prompt calls "the cell below"), and the cells of its solution."""
+
+    cell: NotebookNode
+    prompt: list[NotebookNode] = field(default_factory=list)
+    solution: list[NotebookNode] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return exercise_label(self.cell)
+
+
+def split_exercises(cells: list[NotebookNode]) -> list[NotebookNode | Exercise]:
+    """The chapter's cells, with each exercise and the cells that belong to it grouped as an `Exercise`."""
+    items: list[NotebookNode | Exercise] = []
+    current: Exercise | None = None  # the exercise whose solution has not started yet
     solution: list[NotebookNode] | None = None
     for cell in cells:
         text = cell.source if cell.cell_type == "markdown" else ""
@@ -77,15 +92,18 @@ def split_exercises(
             solution.append(cell)
             if "{solution-end}" in text:
                 solution = None
-            continue
-        last = items[-1] if items else None
-        if exercise_label(cell):
-            items.append((cell, []))
-        elif isinstance(last, tuple) and ("{solution-start}" in text or "{solution}" in text):
-            last[1].append(cell)
+        elif exercise_label(cell):
+            current = Exercise(cell)
+            items.append(current)
+        elif current and ("{solution-start}" in text or "{solution}" in text):
+            current.solution.append(cell)
             if "{solution-start}" in text and "{solution-end}" not in text:
-                solution = last[1]
+                solution = current.solution
+            current = None
+        elif current and not text.startswith("#"):
+            current.prompt.append(cell)
         else:
+            current = None
             items.append(cell)
     return items
 
@@ -95,10 +113,11 @@ def student_markdown(text: str, number: str | None = None) -> str:
     dropped, glossary links as plain words."""
 
     def exercise(match: re.Match) -> str:
+        gpu = " (full version on a GPU)" if GPU.search(match.group("body")) else ""
         body = OPTION.sub("", match.group("body"), count=0).strip()
         body = HINT.sub(lambda h: _details(OPTION.sub("", h.group("body")).strip()), body)
         title = f": {match.group('title').strip()}" if match.group("title").strip() else ""
-        return f"**Exercise {number}{title}.** {body}"
+        return f"**Exercise {number}{title}{gpu}.** {body}"
 
     text = SOLUTION.sub("", EXERCISE.sub(exercise, text))
     return TERM.sub(lambda m: (m.group(1) or m.group(2)).strip(), text).strip()
@@ -133,21 +152,29 @@ def _test_cell(label: str, checks: list[tuple[str, list[str]]]) -> NotebookNode:
     return nbformat.v4.new_code_cell("\n".join([*lines, "", "", f"{function}({', '.join(names)})"]))
 
 
-def _question(exercise: NotebookNode, solution: list[NotebookNode], number: str) -> list[NotebookNode]:
+def _copy(cell: NotebookNode) -> NotebookNode:
+    """A chapter cell for the student edition: markdown for Jupyter, code without its outputs."""
+    if cell.cell_type == "markdown":
+        return nbformat.v4.new_markdown_cell(student_markdown(cell.source))
+    return nbformat.v4.new_code_cell(cell.source, metadata=copy.deepcopy(cell.metadata))
+
+
+def _question(exercise: Exercise, number: str) -> list[NotebookNode]:
     """The exercise as Otter Assign cells: a graded question if its solution has answer cells, else the
     prompt and one empty cell for the student's work."""
-    label = exercise_label(exercise)
-    prompt = nbformat.v4.new_markdown_cell(student_markdown(exercise.source, number))
+    label, solution = exercise.label, exercise.solution
+    prompt = [nbformat.v4.new_markdown_cell(student_markdown(exercise.cell.source, number))]
+    prompt += [_copy(cell) for cell in exercise.prompt]
     answers = [c for c in solution if "answer" in _tags(c)]
     checks = [c for c in solution if "self-check" in _tags(c)]
     if not answers:
         has_code = any(c.cell_type == "code" for c in solution)
         work = nbformat.v4.new_code_cell("") if has_code else nbformat.v4.new_markdown_cell("*Your answer:*")
-        return [prompt, work]
+        return [*prompt, work]
     if not checks:
         raise ConfigError(f"exercise {label!r} has an answer cell but no self-check cell after it")
     raw = nbformat.v4.new_raw_cell
-    cells = [raw(f"# BEGIN QUESTION\nname: {label}\npoints: 1"), prompt]
+    cells = [raw(f"# BEGIN QUESTION\nname: {label}\npoints: 1"), *prompt]
     for answer in answers:
         stub = answer.metadata.get("d2lcnn", {}).get("stub")
         if not stub:
@@ -185,17 +212,15 @@ def master_notebook(chapter: NotebookNode, name: str) -> NotebookNode:
     cells = [nbformat.v4.new_raw_cell(ASSIGNMENT_CONFIG.format(name=name))]
     count = 0
     for item in split_exercises(chapter.cells):
-        if isinstance(item, tuple):
+        if isinstance(item, Exercise):
             count += 1
-            cells += _question(*item, exercise_number(name, count))
-        elif item.cell_type == "markdown":
-            cells.append(nbformat.v4.new_markdown_cell(student_markdown(item.source)))
+            cells += _question(item, exercise_number(name, count))
         elif "colab" in _tags(item):  # students on Colab install the grader too, then start it
             source = item.source.replace("%pip install -q ", "%pip install -q otter-grader ")
             cells.append(nbformat.v4.new_code_cell(source, metadata=copy.deepcopy(item.metadata)))
             cells.append(nbformat.v4.new_code_cell(INIT.format(name=name)))
         else:
-            cells.append(nbformat.v4.new_code_cell(item.source, metadata=copy.deepcopy(item.metadata)))
+            cells.append(_copy(item))
     for cell in cells:
         cell.pop("id", None)
     note = (
@@ -269,16 +294,15 @@ def exercise_table(chapters: list[Path]) -> Table:
         chapter = chapter_title(notebook, path.stem)
         count = 0
         for item in split_exercises(notebook.cells):
-            if not isinstance(item, tuple):
+            if not isinstance(item, Exercise):
                 continue
-            exercise, solution = item
+            exercise, solution = item.cell, item.solution
             count += 1
             title = EXERCISE.search(exercise.source).group("title").strip()
             checked = any("self-check" in _tags(c) for c in solution)
             code = [c for c in solution if c.cell_type == "code"]
             seconds = f"{sum(map(_seconds, code)):.0f} s" if code else "no code"
-            gpu = re.search(r"^:class:.*\bgpu\b", exercise.source, re.M)
-            where = "CPU; full version on a GPU" if gpu else "CPU"
+            where = "CPU; full version on a GPU" if GPU.search(exercise.source) else "CPU"
             rows.append(
                 (chapter, exercise_number(path.stem, count), title, "yes" if checked else "", seconds, where)
             )

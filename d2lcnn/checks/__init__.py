@@ -19,9 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..errors import is_number, unknown_name
+from ..models import create
 from ..trace import trace
 
 QUIZZES = Path(__file__).parent / "quizzes"
@@ -105,6 +107,20 @@ def expect_number(answer: object, expected: float, *, what: str, look_at: str, r
         raise Wrong(f"{what} should be a number, not {type(answer).__name__}")
     if not math.isclose(float(answer), float(expected), rel_tol=rel_tol, abs_tol=1e-9):
         raise Wrong(f"{what} is too {'high' if answer > expected else 'low'}: {look_at}")
+
+
+def on_meta(name: str, **options: object) -> nn.Module:
+    """The registered model `name` built on the ``meta`` device: shapes only, nothing allocated."""
+    with torch.device("meta"):
+        return create(name, **options)
+
+
+def expect_flops(answer: object, expected: int, *, what: str, look_at: str) -> None:
+    """`expect_number` for a FLOP count, with a pointed message for the commonest slip: counting each
+    multiply-add once instead of as 2 FLOPs."""
+    if is_number(answer) and answer * 2 == expected:
+        raise Wrong(f"{what} looks like a count of multiply-adds: each multiply-add is 2 FLOPs")
+    expect_number(answer, expected, what=what, look_at=look_at)
 
 
 def layer_shapes(model: nn.Module) -> list[tuple[str, tuple[tuple[int, ...], ...]]]:
