@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests use: official Fashion-MNIST files and headless Chromium.
+# Installs the Debian packages the tests use: official Fashion-MNIST files, headless Chromium and a
+# Korean font (the glossary gives the Korean terms; without it the screenshots show empty boxes).
 # Runs apt-get only as root; otherwise says what to install.
 set -euo pipefail
-packages=(dataset-fashion-mnist chromium chromium-driver)
+packages=(dataset-fashion-mnist chromium chromium-driver fonts-nanum)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" > /dev/null 2>&1 || missing+=("$p")

@@ -309,3 +309,41 @@ def test_the_speed_page_quotes_the_measured_numbers():
     quoted = {n for row in rows for n in re.findall(number, row)}
     missing = sorted(quoted - set(re.findall(number, measured)))
     assert not missing, f"book/speed.md quotes numbers that bench/results/speed.md does not hold: {missing}"
+
+
+# The state of a chapter's exercises: each solution and hint, and whether its content is shown.
+EXERCISE_STATE = r"""
+const shown = box => getComputedStyle(box.querySelector('.admonition-title ~ *')).visibility !== 'hidden';
+return {
+    exercises: document.querySelectorAll('div.exercise').length,
+    hints: [...document.querySelectorAll('div.exercise div.hint.dropdown')].map(shown),
+    solutions: [...document.querySelectorAll('div.solution.dropdown')].map(shown),
+    titles: [...document.querySelectorAll('div.solution .admonition-title')].map(t => t.textContent.trim()),
+};
+"""
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_hints_and_solutions_are_folded_and_the_quiz_answers_a_click(notebook, browser, server):
+    browser.get(f"{server}/notebooks/{notebook.stem}.html")
+    settle(browser)
+    state = browser.execute_script(EXERCISE_STATE)
+    assert state["exercises"] >= 5
+    assert len(state["hints"]) == len(state["solutions"]) == state["exercises"]
+    assert not any(state["hints"]) and not any(state["solutions"]), "hints and solutions start folded"
+    assert all(re.match(r"Solution to\s*Exercise \d+", title) for title in state["titles"]), state["titles"]
+    browser.execute_script("document.querySelector('div.solution .admonition-title').click()")
+    settle(browser)
+    assert browser.execute_script(EXERCISE_STATE)["solutions"][0], "a click on its title shows a solution"
+
+    buttons = browser.find_elements("css selector", ".MultipleChoiceQn .MCButton, .MCButton")
+    assert buttons, f"{notebook.name}: no quiz question to click"
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", buttons[0])
+    buttons[0].click()
+    WebDriverWait(browser, 10).until(
+        lambda b: b.execute_script(
+            "return [...document.querySelectorAll('.Feedback')].some(f => f.textContent.trim())"
+        )
+    )
+    verdict = buttons[0].get_attribute("class")
+    assert "correctButton" in verdict or "incorrectButton" in verdict, verdict
