@@ -17,9 +17,11 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from d2lcnn.classroom import exercise_table
 from d2lcnn.files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
+EXERCISE_TABLE = ROOT / "book" / "_exercise_table.md"  # the teachers' page includes it
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:work|root|home|tmp|usr|opt|Users|private)/[\w./-]+")
 
 
@@ -53,6 +55,14 @@ def main() -> None:
     for path in paths:
         print(f"{path.name}: executing ({os.environ['D2LCNN_PROFILE']} profile) ...", flush=True)
         print(f"{path.name}: {execute(path):.0f} s", flush=True)
+    write_exercise_table()
+
+
+def write_exercise_table() -> None:
+    """The teachers' table of every exercise, with its solution's run time from the stored outputs."""
+    chapters = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    text = exercise_table(chapters).to_markdown() + "\n"
+    atomic_write(EXERCISE_TABLE, lambda f: f.write(text.encode()))
 
 
 if __name__ == "__main__":
