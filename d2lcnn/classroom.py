@@ -286,25 +286,22 @@ def _seconds(cell: NotebookNode) -> float:
 
 
 def exercise_table(chapters: list[Path]) -> Table:
-    """Every exercise of `chapters`: whether it checks itself, how long its solution ran in the stored
-    (cpu profile) outputs, and whether its full version wants a GPU (``:class: gpu`` on the exercise)."""
+    """Every exercise of `chapters` by its number (3.4: chapter 3): whether it checks itself, how long its
+    solution's code ran in the stored (cpu profile) outputs, and whether its full version wants a GPU
+    (``:class: gpu`` on the exercise)."""
     rows = []
     for path in chapters:
-        notebook = nbformat.read(path, as_version=4)
-        chapter = chapter_title(notebook, path.stem)
         count = 0
-        for item in split_exercises(notebook.cells):
+        for item in split_exercises(nbformat.read(path, as_version=4).cells):
             if not isinstance(item, Exercise):
                 continue
-            exercise, solution = item.cell, item.solution
             count += 1
-            title = EXERCISE.search(exercise.source).group("title").strip()
-            checked = any("self-check" in _tags(c) for c in solution)
-            code = [c for c in solution if c.cell_type == "code"]
-            seconds = f"{sum(map(_seconds, code)):.0f} s" if code else "no code"
-            where = "CPU; full version on a GPU" if GPU.search(exercise.source) else "CPU"
-            rows.append(
-                (chapter, exercise_number(path.stem, count), title, "yes" if checked else "", seconds, where)
-            )
-    columns = ("Chapter", "No.", "Exercise", "Self-check", "Solution run time", "Where")
-    return Table(columns, rows, align="llllrl")
+            title = EXERCISE.search(item.cell.source).group("title").strip()
+            checked = "yes" if any("self-check" in _tags(c) for c in item.solution) else ""
+            code = [c for c in item.solution if c.cell_type == "code"]
+            seconds = sum(map(_seconds, code))
+            run = "no code" if not code else "< 1 s" if seconds < 0.5 else f"{seconds:.0f} s"
+            full = "GPU" if GPU.search(item.cell.source) else "CPU"
+            rows.append((exercise_number(path.stem, count), title, checked, run, full))
+    columns = ("No.", "Exercise", "Self-check", "Solution on 2 CPU cores", "Full version on")
+    return Table(columns, rows, align="lllrl")

@@ -165,9 +165,10 @@ def _dims(shape: tuple[int, ...]) -> str:
     return " x ".join(map(str, shape))
 
 
-def quiz(chapter: str, shuffle_answers: bool = False) -> None:
+def quiz(chapter: str, shuffle_answers: bool = True) -> None:
     """Show chapter `chapter`'s check-your-understanding quiz (``quizzes/<chapter>.json``): questions whose
-    answers are revealed on click, made with jupyterquiz."""
+    answers are revealed on click, made with jupyterquiz. The answers are shuffled in the browser, so that
+    the right one is not always where the quiz file lists it."""
     quizzes = {path.stem: path for path in QUIZZES.glob("*.json")}
     if chapter not in quizzes:
         raise unknown_name("quiz", chapter, quizzes)
