@@ -39,6 +39,7 @@ HINT = re.compile(r"^(`{3,})\{hint\}[^\n]*\n(?P<body>.*?)^\1[ \t]*$", re.S | re.
 SOLUTION = re.compile(r"^(`{3,})\{solution\}.*?^\1[ \t]*$", re.S | re.M)
 OPTION = re.compile(r"^:[\w-]+:.*$\n?", re.M)
 GPU = re.compile(r"^:class:.*\bgpu\b", re.M)  # an exercise whose full version wants a GPU
+CITE = re.compile(r"\{cite(?::\w+)?\}`([^`]+)`")  # {cite}`key` -> [key]: the site's bibliography names it
 TERM = re.compile(r"\{term\}`(?:([^`<]+?)\s*<[^`>]+>|([^`]+))`")
 INIT = 'import otter  # the grader (pip install otter-grader)\n\ngrader = otter.Notebook("{name}.ipynb")'
 PROMPT = '""" # BEGIN PROMPT\n{stub}\n""" # END PROMPT'
@@ -110,7 +111,7 @@ def split_exercises(cells: list[NotebookNode]) -> list[NotebookNode | Exercise]:
 
 def student_markdown(text: str, number: str | None = None) -> str:
     """Markdown for Jupyter: the exercise fence as a bold heading, its hint folded in <details>, solutions
-    dropped, glossary links as plain words."""
+    dropped, glossary links as plain words and citations as [key]."""
 
     def exercise(match: re.Match) -> str:
         gpu = " (full version on a GPU)" if GPU.search(match.group("body")) else ""
@@ -119,7 +120,7 @@ def student_markdown(text: str, number: str | None = None) -> str:
         title = f": {match.group('title').strip()}" if match.group("title").strip() else ""
         return f"**Exercise {number}{title}{gpu}.** {body}"
 
-    text = SOLUTION.sub("", EXERCISE.sub(exercise, text))
+    text = CITE.sub(r"[\1]", SOLUTION.sub("", EXERCISE.sub(exercise, text)))
     return TERM.sub(lambda m: (m.group(1) or m.group(2)).strip(), text).strip()
 
 

@@ -23,7 +23,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXERCISE = """````{exercise} Width
 :label: toy-width
 
-Double the channels of {term}`LeNet's convolutions <convolution>`.
+Double the channels of {term}`LeNet's convolutions <convolution>` {cite}`lecun1998gradient`.
 
 ```{hint}
 :class: dropdown
@@ -72,7 +72,9 @@ def test_the_master_notebook_grades_self_checked_exercises_and_drops_other_solut
 
 def test_an_exercise_becomes_bold_text_with_its_hint_folded_in_html_details():
     text = student_markdown(EXERCISE, number="1.3")
-    assert text.startswith("**Exercise 1.3: Width.** Double the channels of LeNet's convolutions.")
+    assert text.startswith(
+        "**Exercise 1.3: Width.** Double the channels of LeNet's convolutions [lecun1998gradient]."
+    )
     assert "<details><summary>Hint</summary>\n\nCount each layer.\n\n</details>" in text
     assert ":label:" not in text and ":class:" not in text
 
