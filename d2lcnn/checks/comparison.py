@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 from ..models import create
+from ..show import count_params
 from ..trace import trace
-from . import Wrong, expect_number, register
+from . import Wrong, expect_number, on_meta, register
 
 # The sides and widths the exercise on resolution names (the chapter's CPU_SIZES), and the common side.
 RESOLUTION_MODELS = {
@@ -23,8 +23,7 @@ ALEXNET_SIDE = 195  # the smallest side AlexNet accepts: its input in the chapte
 
 def _flops(name: str, channels: int, side: int, **options: object) -> int:
     """FLOPs of one forward pass of model `name` on one `channels` x `side` x `side` image."""
-    with torch.device("meta"):  # shapes only: no weights are allocated
-        model = create(name, num_classes=10, in_channels=channels, **options)
+    model = on_meta(name, num_classes=10, in_channels=channels, **options)
     return trace(model, (channels, side, side)).total_flops
 
 
@@ -33,7 +32,7 @@ def grey_alexnet(fewer_params: object, flops_fraction: object) -> str:
     colour, grey = (create("alexnet", num_classes=10, in_channels=c) for c in (3, 1))
     expect_number(
         fewer_params,
-        sum(p.numel() for p in colour.parameters()) - sum(p.numel() for p in grey.parameters()),
+        count_params(colour) - count_params(grey),
         what="the number of parameters saved",
         look_at="only the first convolution reads the image's channels; each of its 96 filters has one "
         "11 x 11 kernel per input channel (the biases do not depend on the channels)",

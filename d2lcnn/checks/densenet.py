@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..models import DenseBlock, DenseNet, create, transition_block
 from ..trace import trace
-from . import Wrong, expect_model, expect_number, register
+from . import Wrong, expect_model, expect_number, on_meta, register
 
 
 @register("densenet-121-layout")
 def layout_121(into_last: object, out_of_last: object) -> str:
-    with torch.device("meta"):
-        last = create("densenet", arch=(6, 12, 24, 16)).blocks.dense4
+    last = on_meta("densenet", arch=(6, 12, 24, 16)).blocks.dense4
     expect_number(
         into_last,
         last.out_channels - len(last.convs) * last.convs[0][2].out_channels,
@@ -68,7 +66,8 @@ def bottleneck(block_class: object) -> str:
 
 
 def compressed(compression: float, arch: tuple[int, ...] = (4, 4, 4, 4), growth_rate: int = 32) -> DenseNet:
-    """d2l's DenseNet whose transitions keep int(compression * channels) channels."""
+    """d2l's DenseNet whose transitions keep int(compression * channels) channels. (Not an option of
+    DenseNet itself: writing it is the exercise.)"""
     model = DenseNet(arch, growth_rate=growth_rate)
     channels = model.stem[0].out_channels
     model.blocks = nn.Sequential()

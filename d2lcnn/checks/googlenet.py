@@ -9,7 +9,7 @@ from ..errors import is_int
 from ..models import create
 from ..models.googlenet import Inception
 from ..trace import trace
-from . import Wrong, expect_model, register
+from . import Wrong, expect_model, on_meta, register
 
 BLOCK_3A = (192, 64, (96, 128), (16, 32), 32)  # block 3a's budget: in_channels, c1, c2, c3, c4
 BLOCK_3A_INPUT = (1, 192, 12, 12)  # what block 3a receives from the stem in a 96x96 image
@@ -17,9 +17,7 @@ BLOCK_3A_INPUT = (1, 192, 12, 12)  # what block 3a receives from the stem in a 9
 
 def googlenet_flops(width: float, side: int) -> int:
     """FLOPs of the chapter's GoogLeNet at `width` on one side x side image."""
-    with torch.device("meta"):
-        model = create("googlenet", num_classes=10, width=width)
-    return trace(model, (1, side, side)).total_flops
+    return trace(on_meta("googlenet", num_classes=10, width=width), (1, side, side)).total_flops
 
 
 def one_kernel_googlenet() -> nn.Module:

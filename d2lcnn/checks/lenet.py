@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..show import count_params
 from ..trace import trace
 from . import Wrong, expect_model, expect_number, register
 
@@ -45,7 +46,7 @@ def kernel_size(model: object) -> str:
 
 @register("lenet-width")
 def width_params(params: object) -> str:
-    expected = sum(p.numel() for p in lenet_like(widths=(12, 32)).parameters())
+    expected = count_params(lenet_like(widths=(12, 32)))
     expect_number(
         params,
         expected,

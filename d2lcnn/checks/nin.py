@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from ..models import create
+from ..show import count_params
 from ..trace import trace
-from . import Wrong, expect_model, expect_number, register
+from . import Wrong, expect_model, expect_number, on_meta, register
 
 # The block the variants are checked on: NiN's second block (5x5 convolution, padding 2) on a small map.
 BLOCK_ARGS = (64, 128, 5, 1, 2)
@@ -16,9 +15,7 @@ BLOCK_INPUT = (1, 64, 12, 12)
 
 def class_map_side(side: int) -> int:
     """The side of NiN's class maps (what the global average pool averages) for a side x side input."""
-    with torch.device("meta"):
-        model = create("nin", num_classes=10)
-    return trace(model, (1, side, side)).rows[0].output_shape[-1]
+    return trace(on_meta("nin", num_classes=10), (1, side, side)).rows[0].output_shape[-1]
 
 
 def block_variant(ones: int = 2, norm: bool = False, bias: bool = True) -> nn.Sequential:
@@ -69,7 +66,7 @@ def fc_head(params: object) -> str:
     head = [nn.Linear(384 * 5 * 5, 4096), nn.Linear(4096, 4096), nn.Linear(4096, 10)]
     expect_number(
         params,
-        sum(p.numel() for layer in head for p in layer.parameters()),
+        count_params(nn.Sequential(*head)),
         what="the parameter count of the three linear layers",
         look_at="a linear layer has out x (in + 1) parameters, and the first one reads all 384 x 5 x 5 "
         "values of the last feature map",
@@ -99,8 +96,7 @@ def batch_norm(make_block: object) -> str:
 @register("nin-width-resolution")
 def width_resolution(flops_full_112: object, flops_half_224: object) -> str:
     for answer, width, side in ((flops_full_112, 1.0, 112), (flops_half_224, 0.5, 224)):
-        with torch.device("meta"):
-            model = create("nin", num_classes=10, width=width)
+        model = on_meta("nin", num_classes=10, width=width)
         expect_number(
             answer,
             trace(model, (1, side, side)).total_flops,

@@ -8,14 +8,14 @@ import torch
 from torch import nn
 
 from ..models import ResidualBlock, create
+from ..show import count_params
 from ..trace import trace
-from . import Wrong, expect_model, expect_number, register
+from . import Wrong, expect_model, expect_number, on_meta, register
 
 
 def _params(name: str, **options: object) -> int:
     """The parameter count of the registered model `name`, built on the meta device (instant)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in create(name, **options).parameters())
+    return count_params(on_meta(name, **options))
 
 
 @register("resnet-34")
@@ -35,8 +35,7 @@ def resnet34_extra(extra_params: object) -> str:
 
 @register("resnet-stem")
 def last_stage_sides(side_64: object, side_96: object) -> str:
-    with torch.device("meta"):
-        model = create("resnet18", num_classes=10, stem="imagenet")
+    model = on_meta("resnet18", num_classes=10, stem="imagenet")
     for answer, side in ((side_64, 64), (side_96, 96)):
         rows = trace(model, (3, side, side), depth=1).rows
         expected = next(row for row in rows if row.name == "layer4").output_shape[-1]
@@ -116,9 +115,9 @@ def resnet50(model: object) -> str:
             "some convolutions have other shapes than ResNet-50's: each block reduces to a quarter of "
             "its output channels (64, 128, 256, 512), and its last 1x1 convolution expands to 4x that"
         )
-    expected = sum(p.numel() for p in reference.parameters())
+    expected = count_params(reference)
     expect_number(
-        sum(p.numel() for p in model.parameters()),
+        count_params(model),
         expected,
         what="your network's parameter count",
         look_at="the convolutions are right, so look at the batch norms (one after every convolution, "
@@ -142,13 +141,13 @@ def source_gain() -> int:
     """How many parameters a full-width ResNet-18 (CIFAR stem) gains with `SourceBlock` everywhere."""
     with torch.device("meta"):
         model = create("resnet18", num_classes=10, stem="cifar")
-        before = sum(p.numel() for p in model.parameters())
+        before = count_params(model)
         for name in ("layer1", "layer2", "layer3", "layer4"):
             stage = getattr(model, name)
             for i, block in enumerate(stage):
                 args = (block.conv1.in_channels, block.conv1.out_channels, block.conv1.stride[0])
                 stage[i] = SourceBlock(*args, use_1x1conv=block.downsample is not None)
-        return sum(p.numel() for p in model.parameters()) - before
+        return count_params(model) - before
 
 
 @register("resnet-source-block")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
-from ..models import create
-from . import Wrong, expect_number, register
+from ..show import count_params
+from . import Wrong, expect_number, on_meta, register
 
 
 def _top(name: str) -> str:
@@ -33,7 +32,7 @@ def expect_trainable(model: object, should_train: Callable[[str, nn.Module], boo
         raise Wrong(f"some parameters of {', '.join(sorted(too_many))} still train; {look_at}")
     if too_few:
         raise Wrong(f"some parameters of {', '.join(sorted(too_few))} are frozen; {look_at}")
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return count_params(model, trainable=True)
 
 
 @register("transfer-unfreeze")
@@ -60,10 +59,9 @@ def batch_norms(model: object) -> str:
 
 @register("transfer-imagenet")
 def imagenet_counts(frozen_trainable: object, fine_tuned_trainable: object) -> str:
-    with torch.device("meta"):
-        model = create("resnet18", num_classes=5)  # full width, ImageNet stem, the five-way head
-        imagenet = sum(p.numel() for p in create("resnet18", num_classes=1000).parameters())
-    head = sum(p.numel() for p in model.fc.parameters())
+    model = on_meta("resnet18", num_classes=5)  # full width, ImageNet stem, the five-way head
+    imagenet = count_params(on_meta("resnet18", num_classes=1000))
+    head = count_params(model.fc)
     expect_number(
         frozen_trainable,
         head,
@@ -72,7 +70,7 @@ def imagenet_counts(frozen_trainable: object, fine_tuned_trainable: object) -> s
     )
     expect_number(
         fine_tuned_trainable,
-        sum(p.numel() for p in model.parameters()),
+        count_params(model),
         what="the fine-tuned run's count of trainable parameters",
         look_at=f"everything trains: ResNet-18's {imagenet:,} parameters with its 1000-way head "
         "replaced by the five-way one",
