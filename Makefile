@@ -9,7 +9,12 @@ FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 
 setup: $(VENV)/.installed
 
+# The environment takes about 7 GB (PyTorch with its CUDA libraries): say so before pip runs out of disk.
+NEEDED_KB := 8000000
 $(VENV)/.installed: requirements.txt bench/requirements.txt bench/requirements-d2l.txt pyproject.toml
+	@free=$$(df -Pk . | awk 'NR == 2 {print $$4}'); if [ "$$free" -lt $(NEEDED_KB) ]; then \
+		echo "setup: $$((free / 1000000)) GB free on this disk; $(VENV) needs about 8 GB (PyTorch). Free some space and run make again." >&2; \
+		exit 2; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r bench/requirements.txt
