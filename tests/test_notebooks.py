@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -111,15 +112,69 @@ def test_comparison_chapter_trains_every_model_well_above_chance_in_one_table_an
     assert not any("subprocess" in "".join(c["source"]) for c in code), "no subprocess boilerplate"
 
 
+def fast_network_results(notebook: str, model: str) -> tuple[str, str]:
+    """(accuracy, seconds) as the chapter prints them: '<model> on CIFAR-10: test accuracy X% ... and Y s'."""
+    code = [c for c in load(ROOT / "notebooks" / f"{notebook}.ipynb")["cells"] if c["cell_type"] == "code"]
+    printed = "\n".join(t for c in code for t in output_texts(c))
+    pattern = rf"{model} on CIFAR-10: test accuracy ([0-9.]+)% after \d+ epochs and (\d+) s"
+    found = re.findall(pattern, printed)
+    assert found, f"{notebook} prints no '{model} on CIFAR-10: test accuracy ... s' line"
+    return found[-1]
+
+
 @pytest.mark.parametrize(
     ("notebook", "model"), [("03_vgg", "fast_vgg"), ("04_resnet", "fast_resnet")], ids=["vgg", "resnet"]
 )
 def test_the_fast_network_of_the_vgg_and_resnet_chapters_reaches_90_percent_on_cifar10(notebook, model):
-    code = [c for c in load(ROOT / "notebooks" / f"{notebook}.ipynb")["cells"] if c["cell_type"] == "code"]
-    printed = "\n".join(t for c in code for t in output_texts(c))
-    found = re.findall(rf"{model} on CIFAR-10: test accuracy ([0-9.]+)%", printed)
-    assert found, f"{notebook} prints no '{model} on CIFAR-10: test accuracy' line"
-    assert float(found[-1]) >= 90.0
+    accuracy, _ = fast_network_results(notebook, model)
+    assert float(accuracy) >= 90.0
+
+
+def test_the_speed_page_quotes_the_fast_networks_as_their_chapters_printed_them():
+    page = " ".join((ROOT / "book" / "speed.md").read_text().split())
+    for notebook, model in [("03_vgg", "fast_vgg"), ("04_resnet", "fast_resnet")]:
+        accuracy, seconds = fast_network_results(notebook, model)
+        assert f"`{model}` reached {accuracy}% in {seconds} s" in page or (
+            f"`{model}` {accuracy}% in {seconds} s" in page
+        ), f"book/speed.md should quote {model}'s stored run of {notebook}: {accuracy}% in {seconds} s"
+
+
+NUMBER = re.compile(r"(?<![\w.-])\d[\d,]*(?:\.\d+)?")
+
+
+def quotes_of_the_stored_run(cells: list[dict]) -> list[str]:
+    """Prose that quotes the chapter's stored run: each paragraph saying 'stored with this page', with the
+    list that follows it, without inline code and roles (code and citations are not results)."""
+    quotes = []
+    for cell in cells:
+        if cell["cell_type"] != "markdown":
+            continue
+        paragraphs = [" ".join(p.split()) for p in "".join(cell["source"]).split("\n\n")]
+        for i, paragraph in enumerate(paragraphs):
+            if "stored with this page" in paragraph:
+                its_list = itertools.takewhile(lambda p: p.startswith("- "), paragraphs[i + 1 :])
+                quotes.append(re.sub(r"(\{[\w:-]+\})?`[^`]*`", "", " ".join([paragraph, *its_list])))
+    return quotes
+
+
+def unprinted_numbers(cells: list[dict]) -> list[str]:
+    """The numbers that prose about the stored run quotes and no output of the chapter shows."""
+    printed = {n.rstrip(",") for c in cells for t in output_texts(c) for n in NUMBER.findall(t)}
+    quoted = {n.rstrip(",") for quote in quotes_of_the_stored_run(cells) for n in NUMBER.findall(quote)}
+    return sorted(quoted - printed)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_prose_about_the_stored_run_quotes_only_numbers_the_chapter_printed(notebook):
+    missing = unprinted_numbers(load(notebook)["cells"])
+    assert not missing, f"prose saying 'stored with this page' quotes numbers no output shows: {missing}"
+
+
+def test_the_stored_run_check_finds_a_stale_number():
+    printed = {"output_type": "stream", "text": ["acc 61.3% in 533 s"]}
+    prose = "In the run stored with this page: 61.3% in 557 s.\n\n- `fit(epochs=3)`: 533 s\n\nLater: 99%"
+    cells = [{"cell_type": "code", "outputs": [printed]}, {"cell_type": "markdown", "source": [prose]}]
+    assert unprinted_numbers(cells) == ["557"]  # the list counts; inline code and later paragraphs do not
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
